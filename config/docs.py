@@ -1,0 +1,79 @@
+"""Generate ``docs/configs.md`` from the schema: ``python -m config.docs --write`` (or print without a flag).
+
+A test compares the file with :func:`render`, so the reference of config keys cannot go stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+
+from config.loader import _type_name
+from config.schema import KINDS
+
+DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configs.md"
+
+_HEADER = """# Config keys
+
+Generated from `config/schema.py` by `python -m config.docs --write`; do not edit by hand (a test checks it).
+
+Configs are YAML files in `config/<kind>/`. A file may name one `base:` file and list only what differs.
+Override any key on the command line with `section.key=value`, e.g.
+`python -m training.train_image base_synthetic training_cfg.lr=1.0e-3`. Unknown keys, wrong types and bad
+values are errors (exit code 2) that name the key. Write floats with a dot (`5.0e-5`); `5e-5` is read as a
+string by YAML and accepted as a number only where the key is a float.
+"""
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        value = f.default
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def render() -> str:
+    """The Markdown text of ``docs/configs.md``."""
+    lines = [_HEADER]
+    for kind, schema in KINDS.items():
+        lines.append(f"## {kind} configs (`config/{kind}/`)\n")
+        hints = typing.get_type_hints(schema)
+        top = [f for f in dataclasses.fields(schema) if not dataclasses.is_dataclass(hints[f.name])]
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{f.name}` | {_type_name(hints[f.name])} | `{_default(f)}` | {f.metadata['doc']} |" for f in top]
+        lines.append("")
+        for f in dataclasses.fields(schema):
+            sec = hints[f.name]
+            if not dataclasses.is_dataclass(sec):
+                continue
+            sec_hints = typing.get_type_hints(sec)
+            lines += [f"### `{f.name}`: {(sec.__doc__ or '').split(':', 1)[-1].strip()}\n"]
+            lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+            for g in dataclasses.fields(sec):
+                tp = _type_name(sec_hints[g.name]).replace("|", "\\|")
+                lines.append(f"| `{g.name}` | {tp} | `{_default(g)}` | {g.metadata['doc']} |")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m config.docs", description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"write {DOC_PATH.name} instead of printing it")
+    args = parser.parse_args(argv)
+    if args.write:
+        DOC_PATH.parent.mkdir(exist_ok=True)
+        DOC_PATH.write_text(render())
+        print(f"wrote {DOC_PATH}")
+    else:
+        print(render(), end="")
+
+
+if __name__ == "__main__":
+    main()

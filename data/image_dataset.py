@@ -1,0 +1,133 @@
+"""Samples for image training and evaluation.
+
+:class:`LabelledFrames` serves the labelled frames of a split (training and training-time validation).
+:class:`FrameStream` serves every frame of every clip, in order, labelled or not (evaluation CLIs, logit dumps);
+it lets a DataLoader prefetch while evaluation still sees one frame at a time, so memory does not grow with
+video length.
+
+Augmentation randomness comes from ``np.random.default_rng((seed, epoch, index))``: the same sample gets the same
+draw whatever the number of workers or processes, and a resumed run replays the epoch it was killed in exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.catalog import IGNORE_INDEX, DatasetInfo
+from data.frames import Clip, frame_sampling, read_frame, read_mask
+from data.transforms import ClipSample, center_square_crop, resize_frame, resize_label, to_tensor
+
+Augment = Callable[[ClipSample, np.random.Generator], ClipSample]
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Frame ``index`` of clip number ``clip`` in the dataset's clip list."""
+
+    clip: int
+    index: int
+
+
+def load_frame(clip: Clip, index: int, info: DatasetInfo, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Frame (H, W, 3) uint8 RGB and training ids (H, W) uint8 at ``size_hw``; unlabelled frames get all-255."""
+    frame = resize_frame(read_frame(clip.frames[index]), size_hw)
+    if index in clip.masks:
+        label = resize_label(read_mask(clip.masks[index], info), size_hw)
+    else:
+        label = np.full(size_hw, IGNORE_INDEX, np.uint8)
+    return frame, label
+
+
+class LabelledFrames(Dataset):
+    """Labelled frames of a split. Item: ``image`` [3,H,W] float (ImageNet-normalised), ``label`` [H,W] int64.
+
+    Training: every labelled frame (with ``skip`` k: those at clip indices 1, 1+k, ...), augmented when
+    ``augment`` is given. Validation: labelled frames whose clip index is a multiple of ``skip``; with
+    ``square_crop`` the centre H x H crop (training-time validation, as the reference does).
+    """
+
+    def __init__(
+        self,
+        clips: list[Clip],
+        info: DatasetInfo,
+        size_hw: tuple[int, int],
+        *,
+        train: bool,
+        augment: Augment | None = None,
+        square_crop: bool = False,
+        skip: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.clips, self.info, self.size_hw = clips, info, tuple(size_hw)
+        self.train, self.augment, self.square_crop, self.seed = train, augment, square_crop, seed
+        self.epoch = 0  # set by the training loop before each epoch (workers are re-created per epoch)
+        k = skip or 1
+        keep = (lambda i: k == 1 or i % k == 1) if train else (lambda i: i % k == 0)
+        self.samples = [FrameRef(c, i) for c, clip in enumerate(clips) for i in clip.labelled if keep(i)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> dict:
+        ref = self.samples[idx]
+        clip = self.clips[ref.clip]
+        frame, label = load_frame(clip, ref.index, self.info, self.size_hw)
+        sample = ClipSample(frames=[frame], labels=[label])
+        if self.train and self.augment is not None:
+            sample = self.augment(sample, np.random.default_rng((self.seed, self.epoch, idx)))
+        elif self.train and self.square_crop:
+            sample = self.augment_square_crop(sample, np.random.default_rng((self.seed, self.epoch, idx)))
+        elif self.square_crop:
+            sample = center_square_crop(sample)
+        return {
+            "image": to_tensor(sample.frames)[0],
+            "label": torch.from_numpy(sample.labels[0].astype(np.int64)),
+            "clip": clip.name,
+            "frame": clip.frames[ref.index].stem,
+        }
+
+    @staticmethod
+    def augment_square_crop(sample: ClipSample, rng: np.random.Generator) -> ClipSample:
+        """Random H x H crop without other augmentation (``square_crop`` with ``data_augmentation: false``)."""
+        h, w = sample.frames[0].shape[:2]
+        x0 = int(rng.integers(0, w - h + 1)) if w > h else 0
+        crop = slice(x0, x0 + min(h, w))
+        return ClipSample(
+            frames=[f[:, crop] for f in sample.frames],
+            labels=[None if lb is None else lb[:, crop] for lb in sample.labels],
+        )
+
+
+class FrameStream(Dataset):
+    """Every frame of every clip in order (optionally the ``--skip-frames`` subset), for evaluation.
+
+    Item: ``image`` [3,H,W], ``label`` [H,W] int64 (all 255 when unlabelled), ``labelled`` bool, ``clip_index``,
+    ``t`` (index in the clip), ``clip`` and ``frame`` names, and ``rgb`` [H,W,3] uint8 for overlays.
+    """
+
+    def __init__(self, clips: list[Clip], info: DatasetInfo, size_hw: tuple[int, int], skip_frames: int = 1) -> None:
+        self.clips, self.info, self.size_hw = clips, info, tuple(size_hw)
+        self.items = [FrameRef(c, i) for c, clip in enumerate(clips) for i in frame_sampling(len(clip), skip_frames)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, idx: int) -> dict:
+        ref = self.items[idx]
+        clip = self.clips[ref.clip]
+        frame, label = load_frame(clip, ref.index, self.info, self.size_hw)
+        return {
+            "image": to_tensor([frame])[0],
+            "label": torch.from_numpy(label.astype(np.int64)),
+            "labelled": ref.index in clip.masks,
+            "rgb": torch.from_numpy(frame),
+            "clip_index": ref.clip,
+            "t": ref.index,
+            "clip": clip.name,
+            "frame": clip.frames[ref.index].stem,
+        }

@@ -1,0 +1,102 @@
+"""Inference and metric accumulation shared by training-time validation and the evaluation CLIs.
+
+Evaluation is sharded without padding (``indices[rank::world]``) and the integer confusion matrix is summed once
+over ranks, so 1 and N processes give exactly the same matrix (``ecosystem.md`` §8).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from data.catalog import DatasetInfo
+from data.transforms import denormalize
+from eval.metrics import ConfusionMatrix
+from eval.vis.render import overlay, panel
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN201 - a context manager
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def shard(n: int) -> list[int]:
+    """This process's share of ``range(n)``: ``rank::world`` (no padding, no dropping)."""
+    if dist.is_available() and dist.is_initialized():
+        return list(range(dist.get_rank(), n, dist.get_world_size()))
+    return list(range(n))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits [B,K,H,W] float32 at the input size for images [B,3,H,W] already on the model's device."""
+    with autocast(images.device, amp_dtype):
+        return model(images).float()
+
+
+def validate(
+    model: nn.Module,
+    dataset: Dataset,
+    info: DatasetInfo,
+    device: torch.device,
+    *,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    max_samples: int | None = None,
+    vis_samples: int = 0,
+) -> tuple[ConfusionMatrix, list[np.ndarray]]:
+    """mIoU confusion matrix over ``dataset`` (items with ``image`` and ``label``), summed over ranks.
+
+    Returns the matrix and up to ``vis_samples`` panels (frame | prediction | ground truth) from rank 0's share.
+    """
+    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    subset = Subset(dataset, shard(n))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(info.num_classes, device)
+    panels: list[np.ndarray] = []
+    for batch in loader:
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        pred = predict(model, images, amp_dtype).argmax(1)
+        cm.update(pred, labels)
+        for i in range(min(len(pred), vis_samples - len(panels))):
+            rgb = (denormalize(images[i].float().cpu()).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            ids_p = pred[i].cpu().numpy().astype(np.uint8)
+            ids_g = labels[i].cpu().numpy().astype(np.uint8)
+            panels.append(panel([rgb, overlay(rgb, ids_p, info), overlay(rgb, ids_g, info)]))
+    cm.all_reduce()
+    model.train(was_training)
+    return cm, panels
+
+
+@torch.inference_mode()
+def predict_tta(
+    model: nn.Module, images: torch.Tensor, mode: str = "none", multiple: int = 1, amp_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Logits [B,K,H,W] averaged over test-time augmentations (``metrics.md`` §2.5): ``none``, ``flip``
+    (horizontal, flipped back), ``multiscale`` (scales 0.75/1/1.5, each rounded to the backbone's input
+    multiple, logits resized back bilinearly) or ``flip+multiscale``. Logits, not probabilities, are averaged."""
+    if mode == "none":
+        return predict(model, images, amp_dtype)
+    h, w = images.shape[-2:]
+    scales = (0.75, 1.0, 1.5) if "multiscale" in mode else (1.0,)
+    flips = (False, True) if "flip" in mode else (False,)
+    total = None
+    for s in scales:
+        size = (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flip in flips:
+            y = predict(model, x.flip(-1) if flip else x, amp_dtype)
+            y = y.flip(-1) if flip else y
+            if y.shape[-2:] != (h, w):
+                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+            total = y if total is None else total + y
+    return total / (len(scales) * len(flips))

@@ -1,0 +1,157 @@
+"""Evaluate and visualise an image-model run: ``python -m eval.vis.image RUN [flags]``.
+
+Streams every clip of the split frame by frame (with ``--skip-frames K``: the frames with ``i mod K in {0, 1}``),
+computes dataset-level mIoU and per-class IoU on the labelled frames from one confusion matrix, and writes
+``<run>/results/<split>/`` (metrics.json, per_class_iou.csv, pred/color/overlay PNGs, per-clip GIFs). With
+``--save-logits`` it also dumps raw logits (teacher logits for distillation) to ``<run>/logits/<split>/``.
+Every combination of ``--no-evaluation``, ``--no-write-res`` and ``--save-logits`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from config.errors import ConfigError, run_cli
+from data.catalog import get_dataset_info
+from data.frames import ensure_dataset, read_split
+from data.image_dataset import FrameStream
+from eval.evaluate import predict_tta
+from eval.metrics import ConfusionMatrix
+from eval.vis.outputs import LogitsWriter, PredictionWriter, format_table, write_metrics
+from models.runs import load_image_model, locate_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.vis.image", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="run folder name (in --save-dir) or path; 'tag@name' also works")
+    p.add_argument("--save-dir", default="checkpoints", help="where runs live (default: checkpoints)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="clip list to evaluate")
+    p.add_argument("--skip-frames", type=int, default=1, metavar="K",
+                   help="infer only frames with i mod K in {0,1} (each sampled frame and its predecessor; "
+                        "K = 1 or 2 means every frame)")  # fmt: skip
+    p.add_argument("--evaluation", action=argparse.BooleanOptionalAction, default=True,
+                   help="compute mIoU on the labelled frames (default: on)")  # fmt: skip
+    p.add_argument("--write-res", action=argparse.BooleanOptionalAction, default=True,
+                   help="write prediction, colour and overlay PNGs and per-clip GIFs (default: on)")  # fmt: skip
+    p.add_argument("--save-logits", action="store_true", help="dump raw logits to <run>/logits/<split>/")
+    p.add_argument("--logits-dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--logits-size", default="eval", metavar="eval|HxW",
+                   help="'eval' keeps the model input size; HxW resizes (e.g. 736x1280 for a student)")  # fmt: skip
+    p.add_argument("--logits-stride", type=int, default=1, help="extra downsampling of saved logits (avg-pool)")
+    p.add_argument("--logits-format", default="npz", choices=["npz", "npy"], help="npz = compressed")
+    p.add_argument("--best-model", action="store_true", help="load best.pth instead of last.pth")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "multiscale", "flip+multiscale"],
+                   help="test-time augmentation: average logits over flips / scales 0.75, 1, 1.5")  # fmt: skip
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=2)
+    return p
+
+
+def _logits_size(arg: str) -> tuple[int, int] | None:
+    if arg == "eval":
+        return None
+    try:
+        h, w = (int(v) for v in arg.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise ConfigError(f"--logits-size: expected 'eval' or HxW like 736x1280, got '{arg}'") from None
+
+
+def software() -> dict:
+    """Versions and git revision, recorded with every result."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=False).stdout.strip() or None  # fmt: skip
+    except OSError:
+        sha = None
+    import torchvision
+
+    return {"tcseg": sha, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    if args.skip_frames < 1 or args.logits_stride < 1 or args.batch_size < 1:
+        raise ConfigError("--skip-frames, --logits-stride and --batch-size must be at least 1")
+    if not (args.evaluation or args.write_res or args.save_logits):
+        print("nothing to do: --no-evaluation and --no-write-res without --save-logits")
+        return None
+    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+    device = torch.device(dev)
+    run = locate_run(args.run, args.save_dir)
+    model, cfg, meta = load_image_model(run, best=args.best_model)
+    model.to(device)
+    info = get_dataset_info(cfg.data_cfg.dataset)
+    size = tuple(cfg.data_cfg.crop_size)
+    root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, size, cfg.data_cfg.generate_if_missing)
+    clips = read_split(root, args.split, info)
+    stream = FrameStream(clips, info, size, args.skip_frames)
+    loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.num_workers)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+
+    out = run / "results" / args.split
+    writer = PredictionWriter(out, info) if args.write_res else None
+    manifest = {"teacher_run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"), "split": args.split,
+                "num_classes": info.num_classes, "classes": list(info.class_names), "input_size": list(size),
+                "frames_rule": f"i mod {args.skip_frames} in {{0,1}}", "tta": args.tta}  # fmt: skip
+    logits_writer = None
+    if args.save_logits:
+        logits_writer = LogitsWriter(run / "logits" / args.split, manifest, args.logits_dtype,
+                                     _logits_size(args.logits_size), args.logits_stride, args.logits_format)  # fmt: skip
+    cm = ConfusionMatrix(info.num_classes, device)
+    n_labelled = 0
+    for batch in tqdm(loader, desc=f"{run.name} {args.split}", dynamic_ncols=True):
+        logits = predict_tta(model, batch["image"].to(device), args.tta, model.backbone.input_multiple, amp)
+        pred = logits.argmax(1)
+        if args.evaluation:
+            keep = batch["labelled"].to(device)
+            cm.update(pred[keep], batch["label"].to(device)[keep])
+            n_labelled += int(keep.sum())
+        for i in range(len(pred)):
+            clip, frame = batch["clip"][i], batch["frame"][i]
+            if writer is not None:
+                writer.add(clip, frame, batch["rgb"][i].numpy(), pred[i].cpu().numpy().astype("uint8"))
+            if logits_writer is not None:
+                logits_writer.add(clip, frame, logits[i])
+    if writer is not None:
+        writer.close()
+    if logits_writer is not None:
+        logits_writer.close()
+        print(f"logits: {logits_writer.frames} frames in {logits_writer.out}")
+    if not args.evaluation:
+        print(f"outputs in {out}" if args.write_res else "done")
+        return None
+
+    summary = cm.summary(info.class_names)
+    metrics = {
+        "split": args.split, "run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
+        "model_inference": "per frame (image model)", "dataset": info.name, "skip_frames": args.skip_frames,
+        "miou": {"value": summary["miou"], "mode": "nan_exclude", "aggregation": "dataset",
+                 "resolution": list(size), "label_resize": "nearest", "ignore_index": info.ignore_index,
+                 "tta": args.tta, "frames": n_labelled, "classes": list(info.class_names),
+                 "per_class": summary["per_class"]},
+        **{k: summary[k] for k in ("miou_zero", "pixel_acc", "mean_class_acc", "fwiou", "labelled_pixels",
+                                   "confusion_matrix")},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "software": software(),
+    }  # fmt: skip
+    write_metrics(out, metrics, cm.per_class_rows(info.class_names))
+    print(format_table(f"{run.name} on {info.name} {args.split} ({n_labelled} labelled frames)", summary,
+                       info.class_names))  # fmt: skip
+    print(f"results in {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

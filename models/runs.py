@@ -1,0 +1,96 @@
+"""Run folders and checkpoint files: finding a run, reading a checkpoint safely, rebuilding its model.
+
+A checkpoint describes itself: it holds the resolved config, so :func:`load_image_model` needs nothing but the
+run. Used by training (resume, ``pretrained_checkpoint``) and by the evaluation CLIs; it lives in ``models`` so
+that ``eval`` never imports ``training``.
+
+Checkpoint keys (``last.pth``): ``model`` (state dict of the trainable model), ``config`` (resolved, plain dict),
+``kind``, ``epoch`` (epochs completed), ``step`` (optimizer steps), ``step_in_epoch``, ``optimizer``, ``scaler``,
+``rng``, ``best_metric``, ``history``, ``finished``. ``best.pth`` has the same keys minus the optimizer state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from config.errors import CheckpointError
+
+CHECKPOINT_NAMES = ("last.pth", "best.pth")
+
+
+def locate_run(name_or_path: str | Path, save_dir: str | Path = "checkpoints") -> Path:
+    """A run folder given as a path, or as a name under ``save_dir``; ``tag@name`` (reference style) works too."""
+    raw = str(name_or_path).rstrip("/")
+    for candidate in (Path(raw), Path(save_dir) / raw, Path(save_dir) / raw.rsplit("@", 1)[-1]):
+        if candidate.is_dir():
+            return candidate
+    root = Path(save_dir)
+    runs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    hint = f"; runs in {root}/: {', '.join(runs[-5:])}" if runs else f"; {root}/ holds no runs"
+    raise CheckpointError(f"run '{raw}' not found (as a path or in {root}/){hint}")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with one-line errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
+
+
+def checkpoint_path(run: Path, best: bool = False) -> Path:
+    """``best.pth`` or ``last.pth`` of a run, with an error that says what exists instead."""
+    path = run / ("best.pth" if best else "last.pth")
+    if path.is_file():
+        return path
+    present = [n for n in CHECKPOINT_NAMES if (run / n).is_file()]
+    what = f"it has {', '.join(present)}" if present else "it has no checkpoint yet (was the run killed early?)"
+    flag = "drop --best-model" if best else "train it first"
+    raise CheckpointError(f"{path} not found: {what}; {flag}")
+
+
+def weights_for_init(name_or_path: str, save_dir: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """State dict for ``pretrained_checkpoint``: a run (``best.pth``, else ``last.pth``) or a state-dict file."""
+    as_file = Path(name_or_path)
+    if as_file.is_file():
+        ckpt = read_checkpoint(as_file)
+        state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{as_file}: not a state dict or a tcseg checkpoint")
+        return state, str(as_file)
+    run = locate_run(name_or_path, save_dir)
+    path = run / "best.pth" if (run / "best.pth").is_file() else checkpoint_path(run)
+    return read_checkpoint(path)["model"], str(path)
+
+
+def load_image_model(run: Path, best: bool = False) -> tuple[torch.nn.Module, Any, dict]:
+    """Rebuild the image model of a run from its stored config and load its weights strictly.
+
+    Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries).
+    """
+    from config.loader import from_dict
+    from models.build import build_image_model
+    from data.catalog import get_dataset_info
+
+    path = checkpoint_path(run, best)
+    ckpt = read_checkpoint(path)
+    if ckpt.get("kind") != "image":
+        raise CheckpointError(f"{path} is a '{ckpt.get('kind')}' checkpoint; use the matching eval.vis command")
+    cfg = from_dict(ckpt["config"], "image")
+    info = get_dataset_info(cfg.data_cfg.dataset)
+    model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the model its config builds: missing {list(missing)[:4]}, "
+            f"unexpected {list(unexpected)[:4]}"
+        )
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
+    meta["path"] = str(path)
+    return model.eval(), cfg, meta

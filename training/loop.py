@@ -1,0 +1,233 @@
+"""The one plain training loop, shared by image and video training. Read it top to bottom.
+
+``fit`` runs epochs ``[start, epochs)``: per optimizer step it accumulates ``grad_accum_steps`` micro-batches
+(``step_fn`` turns a batch into a loss), clips, steps and sets the scheduled lr; after each epoch it validates
+(``validate_fn``), writes ``best.pth`` when the validation mIoU improves and ``last.pth`` always (atomically),
+appends to ``metrics.json`` and ``log.txt``, and logs scalars and overlays to TensorBoard. Rank 0 alone writes.
+Resuming restores model, optimizer, scaler, epoch, step, best metric, history and RNG state; the data order of an
+epoch depends only on (seed, epoch), so a resumed run sees the same batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from config.errors import ConfigError, UserError
+from config.loader import dump, to_dict
+from data.catalog import DatasetInfo
+from eval.evaluate import autocast
+from eval.metrics import ConfusionMatrix
+from training import distributed as D
+from training.checkpoint import atomic_save, rng_state, set_rng_state
+from training.optim import LRSchedule, build_optimizer
+
+StepFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+ValidateFn = Callable[[nn.Module], tuple[ConfusionMatrix, list[np.ndarray]]]
+
+
+class TrainingDiverged(UserError):
+    prefix = "training error"
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``training_cfg.amp`` on ``device`` (auto = bf16 on CUDA, none on CPU)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def epoch_indices(n: int, seed: int, epoch: int, per_step: int) -> list[int]:
+    """This rank's sample order for an epoch: a permutation seeded by (seed, epoch), cut to whole steps.
+
+    ``per_step`` is the number of samples one process consumes per optimizer step (batch x accumulation).
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    world = D.world_size()
+    usable = (n // (per_step * world)) * per_step * world  # every rank gets the same number of whole steps
+    return perm[:usable][D.rank() :: world]
+
+
+def save_checkpoint(path: Path, model: nn.Module, cfg: Any, kind: str, **extra: Any) -> None:
+    """A self-describing checkpoint: weights, resolved config, kind, plus ``extra`` (epoch, step, ...)."""
+    atomic_save({"model": model.state_dict(), "config": to_dict(cfg), "kind": kind, **extra}, path)
+
+
+def fit(
+    *,
+    model: nn.Module,
+    cfg: Any,
+    kind: str,
+    info: DatasetInfo,
+    run: Path,
+    train_set: Dataset,
+    step_fn: StepFn,
+    validate_fn: ValidateFn,
+    device: torch.device,
+    resume: dict | None = None,
+) -> dict:
+    """Train ``model`` (on ``device``, not yet wrapped) and return the final history entry."""
+    tcfg = cfg.training_cfg
+    per_step = tcfg.batch_size * tcfg.grad_accum_steps
+    full_steps = len(train_set) // (per_step * D.world_size())
+    if full_steps == 0:
+        raise ConfigError(
+            f"training_cfg.batch_size: one step needs {per_step * D.world_size()} samples "
+            f"(batch x accumulation x processes) but the train split has {len(train_set)}; lower the batch size"
+        )
+    steps_per_epoch = min(full_steps, tcfg.max_steps_per_epoch or full_steps)
+    optimizer = build_optimizer(model, tcfg, cfg.optim_cfg)
+    schedule = LRSchedule.from_config(cfg.optim_cfg, tcfg, steps_per_epoch)
+    dtype = amp_dtype(tcfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    epoch, step, best, history = 0, 0, -math.inf, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"])
+        epoch, step, best, history = resume["epoch"], resume["step"], resume["best_metric"], resume["history"]
+    schedule.apply(optimizer, step)
+
+    train_model = DistributedDataParallel(model) if D.is_distributed() else model
+    writer = _tensorboard(run, cfg) if D.is_main() else None
+    show_bar = D.is_main() and sys.stderr.isatty()
+    for epoch in range(epoch, tcfg.epochs):
+        t0 = time.time()
+        train_set.epoch = epoch  # per-sample augmentation seeds depend on it
+        order = epoch_indices(len(train_set), tcfg.seed, epoch, per_step)[: steps_per_epoch * per_step]
+        loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers,
+                            pin_memory=device.type == "cuda", drop_last=True)  # fmt: skip
+        batches = iter(loader)
+        model.train()
+        loss_sum, parts_sum = 0.0, {}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not show_bar,
+                   dynamic_ncols=True, leave=False)  # fmt: skip
+        for _ in bar:
+            for micro in range(tcfg.grad_accum_steps):
+                sync = micro == tcfg.grad_accum_steps - 1 or not isinstance(train_model, DistributedDataParallel)
+                with nullcontext() if sync else train_model.no_sync():
+                    with autocast(device, dtype):
+                        loss, parts = step_fn(train_model, next(batches))
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss is {loss.item()} at step {step + 1}: training diverged; "
+                            "lower training_cfg.lr or set training_cfg.grad_clip"
+                        )
+                    scaler.scale(loss / tcfg.grad_accum_steps).backward()
+                loss_sum += loss.item() / tcfg.grad_accum_steps
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / tcfg.grad_accum_steps
+            if tcfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            lr_factor = schedule.apply(optimizer, step)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if writer is not None and step % tcfg.log_interval == 0:
+                writer.add_scalar("train/loss", loss.item(), step)
+                for k, v in parts.items():
+                    writer.add_scalar(f"train/{k}", float(v), step)
+                writer.add_scalar("train/lr", tcfg.lr * lr_factor, step)
+        bar.close()
+
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": D.all_reduce_mean(loss_sum / steps_per_epoch, device),
+            **{f"train_{k}": D.all_reduce_mean(v / steps_per_epoch, device) for k, v in parts_sum.items()},
+            "lr": tcfg.lr * schedule.factor(step),
+        }
+        last_epoch = epoch + 1 == tcfg.epochs
+        if (epoch + 1) % tcfg.val_interval == 0 or last_epoch:
+            cm, panels = validate_fn(model)
+            entry["val"] = {"protocol": "training_validation", **cm.summary(info.class_names)}
+            miou = entry["val"]["miou"] if entry["val"]["miou"] is not None else -math.inf
+            improved = miou > best
+            best = max(best, miou)
+        else:
+            improved, panels = False, []
+        entry["epoch_time_s"] = round(time.time() - t0, 2)
+        history.append(entry)
+
+        if D.is_main():
+            state = {"epoch": epoch + 1, "step": step, "best_metric": best, "history": history}
+            if improved:
+                save_checkpoint(run / "best.pth", model, cfg, kind, **state, finished=last_epoch)
+            save_checkpoint(
+                run / "last.pth", model, cfg, kind, **state, finished=last_epoch,
+                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
+            )  # fmt: skip
+            _write_metrics(run, history)
+            _log_epoch(run, entry, info, improved)
+            if writer is not None:
+                _tensorboard_epoch(writer, entry, panels, info)
+        D.barrier()
+    if writer is not None:
+        writer.close()
+    return history[-1] if history else {}
+
+
+def _tensorboard(run: Path, cfg: Any) -> Any:
+    from torch.utils.tensorboard import SummaryWriter  # imported lazily: heavy, and only rank 0 needs it
+
+    writer = SummaryWriter(log_dir=str(run / "tensorboard"))
+    writer.add_text("config", "```yaml\n" + dump(cfg) + "\n```", 0)
+    return writer
+
+
+def _tensorboard_epoch(writer: Any, entry: dict, panels: list[np.ndarray], info: DatasetInfo) -> None:
+    e = entry["epoch"]
+    writer.add_scalar("epoch/train_loss", entry["train_loss"], e)
+    if "val" in entry:
+        val = entry["val"]
+        if val["miou"] is not None:
+            writer.add_scalar("val/mIoU", val["miou"], e)
+        writer.add_scalar("val/pixel_acc", val["pixel_acc"] or 0.0, e)
+        for name, iou in val["per_class"].items():
+            if iou is not None:
+                writer.add_scalar(f"val_iou/{name}", iou, e)
+    for i, img in enumerate(panels):
+        writer.add_image(f"val/overlay_{i}", img, e, dataformats="HWC")
+    writer.flush()
+
+
+def _write_metrics(run: Path, history: list[dict]) -> None:
+    tmp = run / ".metrics.json.tmp"
+    tmp.write_text(json.dumps({"epochs": history}, indent=1))
+    tmp.replace(run / "metrics.json")
+
+
+def _log_epoch(run: Path, entry: dict, info: DatasetInfo, improved: bool) -> None:
+    parts = [time.strftime("%Y-%m-%d %H:%M:%S"), f"epoch {entry['epoch']}", f"step {entry['step']}",
+             f"train loss {entry['train_loss']:.4f}", f"lr {entry['lr']:.3g}"]  # fmt: skip
+    if "val" in entry:
+        miou = entry["val"]["miou"]
+        parts.append(f"val mIoU {miou:.4f}" if miou is not None else "val mIoU n/a")
+        parts.append("(best)" if improved else "")
+    line = "  ".join(p for p in parts if p)
+    tqdm.write(line)
+    with open(run / "log.txt", "a") as fh:
+        fh.write(line + "\n")
+        if "val" in entry:
+            ious = ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} n/a" for n, v in entry["val"]["per_class"].items())
+            fh.write(f"    per-class IoU: {ious}\n")
+

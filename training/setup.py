@@ -1,0 +1,75 @@
+"""Starting or resuming a run: config, device, process group, run folder. Shared by image and video training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from config.errors import ConfigError
+from config.loader import check_layer, dump, from_dict, load, parse_overrides, read_yaml, save, to_dict
+from config.schema import KINDS
+from models.runs import locate_run
+from training import distributed as D
+from training.checkpoint import load_resume_state, new_run_dir, seed_everything
+
+
+@dataclass
+class RunSetup:
+    """What a training entry point needs before it builds data and models."""
+
+    cfg: Any
+    run: Path
+    device: torch.device
+    resume: dict | None  # the last.pth of a resumed run (None for a new run or one killed before its first save)
+
+
+def _conflicts(overrides: dict, stored: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out += _conflicts(value, stored.get(key, {}), f"{prefix}{key}.")
+        elif key != "resume_training" and stored.get(key) != value:
+            out.append(f"{prefix}{key}={value!r} (stored: {stored.get(key)!r})")
+    return out
+
+
+def start_run(config: str, overrides: list[str], kind: str) -> RunSetup:
+    """Load the config, join the process group, and create a new run folder or reopen the one to resume."""
+    cfg = load(config, kind, overrides)
+    device_kind = cfg.training_cfg.device
+    if device_kind == "auto":
+        device_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device_kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training_cfg.device: cuda requested but no CUDA device is visible; use device=cpu")
+    device = D.init(device_kind)
+
+    resume = None
+    if cfg.resume_training:
+        run = locate_run(cfg.resume_training, cfg.save_dir)
+        stored_path = run / "config.yaml"
+        if not stored_path.is_file():
+            raise ConfigError(f"{stored_path} not found: cannot resume a run without its stored config")
+        stored = from_dict(read_yaml(stored_path), kind)
+        bad = _conflicts(check_layer(parse_overrides(overrides), KINDS[kind]), to_dict(stored))
+        if bad:
+            raise ConfigError(f"resuming {run.name} uses its stored config; conflicting overrides: {', '.join(bad)}")
+        if D.is_main():
+            print(f"== resuming run {run}: using its stored config.yaml; the config file given is ignored ==")
+        cfg = stored
+        resume = load_resume_state(run)
+        if resume is None and D.is_main():
+            print(f"== {run.name} has no last.pth yet (killed before its first epoch ended): starting it afresh ==")
+    else:
+        run = Path(D.broadcast_object(str(new_run_dir(cfg.save_dir)) if D.is_main() else None))
+        if D.is_main():
+            save(cfg, run / "config.yaml")
+    if D.is_main():
+        print(f"== run folder: {run}")
+        print(dump(cfg), end="")
+    seed_everything(cfg.training_cfg.seed + D.rank())
+    if cfg.training_cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return RunSetup(cfg=cfg, run=run, device=device, resume=resume)

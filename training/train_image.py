@@ -1,0 +1,96 @@
+"""Train an image segmentation model: ``python -m training.train_image CONFIG [key=value ...]``.
+
+CONFIG is a bare name in ``config/image/`` (``base_uavid`` or ``base_uavid.yaml``) or a path. Overrides use
+``section.key=value``. Under ``torchrun --nproc_per_node=N`` the same command trains with DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from config.errors import CheckpointError, ConfigError, run_cli
+from data.catalog import get_dataset_info
+from data.frames import ensure_dataset, read_split
+from data.image_dataset import LabelledFrames
+from data.transforms import ImageTrainAugment
+from eval.evaluate import validate
+from models.build import build_image_model
+from models.runs import weights_for_init
+from training import distributed as D
+from training.losses import build_segmentation_loss
+from training.loop import amp_dtype, fit, save_checkpoint
+from training.setup import start_run
+from training.steps import image_step
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train_image", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="config name in config/image/ or a path to a YAML file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training_cfg.lr=1.0e-4")
+    return p
+
+
+def init_from_pretrained(model, name: str, save_dir: str) -> None:  # noqa: ANN001
+    """``pretrained_checkpoint``: load weights only; classifier keys are dropped only if the class count differs."""
+    state, source = weights_for_init(name, save_dir)
+    own = model.state_dict()
+    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if any("classifier" not in k for k in shape_mismatch):
+        raise CheckpointError(f"{source}: weights do not fit this model (shapes differ for {shape_mismatch[:4]})")
+    state = {k: v for k, v in state.items() if k not in shape_mismatch}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    print(f"== initialised from {source}: {len(state)} tensors; "
+          f"missing {len(missing)} {list(missing)[:4]}, unexpected {len(unexpected)} {list(unexpected)[:4]}"
+          + ("; classifier re-initialised (class count differs)" if shape_mismatch else ""))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup = start_run(args.config, args.overrides, "image")
+    cfg, device, run = setup.cfg, setup.device, setup.run
+    dcfg, tcfg = cfg.data_cfg, cfg.training_cfg
+    info = get_dataset_info(dcfg.dataset)
+    size = tuple(dcfg.crop_size)
+
+    model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=setup.resume is None)
+    model.check_input_size(*size)
+    if cfg.pretrained_checkpoint and setup.resume is None:
+        init_from_pretrained(model, cfg.pretrained_checkpoint, cfg.save_dir)
+    model.to(device)
+    if cfg.no_training:
+        if D.is_main():
+            save_checkpoint(run / "last.pth", model, cfg, "image", epoch=0, step=0, finished=True, history=[])
+            print(f"== no_training: wrote the untrained model to {run / 'last.pth'}")
+        return
+    if dcfg.soft_labels or dcfg.logit_distillation or dcfg.labeled_frames_per_vid is not None:
+        raise ConfigError("data_cfg: soft_labels / logit_distillation / labeled_frames_per_vid are not supported yet")
+
+    with D.main_first():
+        root = ensure_dataset(dcfg.dataset, dcfg.path, size, dcfg.generate_if_missing)
+    train_clips = read_split(root, "train", info, dcfg.min_vid_len)
+    val_clips = read_split(root, "val", info, dcfg.min_vid_len)
+    augment = ImageTrainAugment(square_crop=dcfg.square_crop) if dcfg.data_augmentation else None
+    train_set = LabelledFrames(train_clips, info, size, train=True, augment=augment, square_crop=dcfg.square_crop,
+                               skip=dcfg.train_skip_frames, seed=tcfg.seed)  # fmt: skip
+    val_set = LabelledFrames(val_clips, info, size, train=False, square_crop=dcfg.square_crop, skip=dcfg.val_skip_frames)
+    if D.is_main():
+        print(f"== {info.name} at {root}: {len(train_set)} training samples, {len(val_set)} validation samples")
+
+    loss_fn = build_segmentation_loss(cfg.loss_cfg, info.num_classes).to(device)
+    dtype = amp_dtype(tcfg.amp, device)
+    final = fit(
+        model=model, cfg=cfg, kind="image", info=info, run=run, train_set=train_set, device=device,
+        resume=setup.resume,
+        step_fn=lambda m, batch: image_step(m, batch, loss_fn, device),
+        validate_fn=lambda m: validate(m, val_set, info, device, batch_size=tcfg.batch_size,
+                                       num_workers=min(tcfg.num_workers, 2), amp_dtype=dtype,
+                                       max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples),
+    )  # fmt: skip
+    if D.is_main():
+        miou = final.get("val", {}).get("miou")
+        print(f"== done: {run} (training-time val mIoU {miou})")
+    D.cleanup()
+
+
+if __name__ == "__main__":
+    run_cli(main)
