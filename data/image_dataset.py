@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -131,3 +132,8 @@ class FrameStream(Dataset):
             "clip": clip.name,
             "frame": clip.frames[ref.index].stem,
         }
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker setup: one OpenCV thread per worker, so workers do not oversubscribe the cores."""
+    cv2.setNumThreads(1)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.catalog import DatasetInfo
+from data.image_dataset import worker_init
 from data.transforms import denormalize
 from eval.metrics import ConfusionMatrix
 from eval.vis.render import overlay, panel
@@ -58,7 +59,8 @@ def validate(
     """
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     subset = Subset(dataset, shard(n))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        worker_init_fn=worker_init)
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(info.num_classes, device)

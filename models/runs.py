@@ -75,8 +75,8 @@ def load_image_model(run: Path, best: bool = False) -> tuple[torch.nn.Module, An
     Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries).
     """
     from config.loader import from_dict
-    from models.build import build_image_model
     from data.catalog import get_dataset_info
+    from models.build import build_image_model
 
     path = checkpoint_path(run, best)
     ckpt = read_checkpoint(path)

@@ -7,8 +7,8 @@ checkpoints and pictures; metrics are summed over ranks once (see :mod:`eval.met
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from config.errors import ConfigError, UserError
 from config.loader import dump, to_dict
 from data.catalog import DatasetInfo
+from data.image_dataset import worker_init
 from eval.evaluate import autocast
 from eval.metrics import ConfusionMatrix
 from training import distributed as D
@@ -95,24 +96,24 @@ def fit(
     dtype = amp_dtype(tcfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    epoch, step, best, history = 0, 0, -math.inf, []
+    start_epoch, step, best, history = 0, 0, -math.inf, []
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         set_rng_state(resume["rng"])
-        epoch, step, best, history = resume["epoch"], resume["step"], resume["best_metric"], resume["history"]
+        start_epoch, step, best, history = resume["epoch"], resume["step"], resume["best_metric"], resume["history"]
     schedule.apply(optimizer, step)
 
     train_model = DistributedDataParallel(model) if D.is_distributed() else model
     writer = _tensorboard(run, cfg) if D.is_main() else None
     show_bar = D.is_main() and sys.stderr.isatty()
-    for epoch in range(epoch, tcfg.epochs):
+    for epoch in range(start_epoch, tcfg.epochs):
         t0 = time.time()
         train_set.epoch = epoch  # per-sample augmentation seeds depend on it
         order = epoch_indices(len(train_set), tcfg.seed, epoch, per_step)[: steps_per_epoch * per_step]
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers,
-                            pin_memory=device.type == "cuda", drop_last=True)  # fmt: skip
+                            pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init)  # fmt: skip
         batches = iter(loader)
         model.train()
         loss_sum, parts_sum = 0.0, {}

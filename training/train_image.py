@@ -7,6 +7,7 @@ CONFIG is a bare name in ``config/image/`` (``base_uavid`` or ``base_uavid.yaml`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from config.errors import CheckpointError, ConfigError, run_cli
 from data.catalog import get_dataset_info
@@ -17,8 +18,8 @@ from eval.evaluate import validate
 from models.build import build_image_model
 from models.runs import weights_for_init
 from training import distributed as D
-from training.losses import build_segmentation_loss
 from training.loop import amp_dtype, fit, save_checkpoint
+from training.losses import build_segmentation_loss
 from training.setup import start_run
 from training.steps import image_step
 
@@ -44,7 +45,8 @@ def init_from_pretrained(model, name: str, save_dir: str) -> None:  # noqa: ANN0
           + ("; classifier re-initialised (class count differs)" if shape_mismatch else ""))  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Train; return the run folder."""
     args = build_parser().parse_args(argv)
     setup = start_run(args.config, args.overrides, "image")
     cfg, device, run = setup.cfg, setup.device, setup.run
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         if D.is_main():
             save_checkpoint(run / "last.pth", model, cfg, "image", epoch=0, step=0, finished=True, history=[])
             print(f"== no_training: wrote the untrained model to {run / 'last.pth'}")
-        return
+        return run
     if dcfg.soft_labels or dcfg.logit_distillation or dcfg.labeled_frames_per_vid is not None:
         raise ConfigError("data_cfg: soft_labels / logit_distillation / labeled_frames_per_vid are not supported yet")
 
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         miou = final.get("val", {}).get("miou")
         print(f"== done: {run} (training-time val mIoU {miou})")
     D.cleanup()
+    return run
 
 
 if __name__ == "__main__":

@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import platform
 import subprocess
-from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config.errors import ConfigError, run_cli
 from data.catalog import get_dataset_info
 from data.frames import ensure_dataset, read_split
-from data.image_dataset import FrameStream
+from data.image_dataset import FrameStream, worker_init
 from eval.evaluate import predict_tta
 from eval.metrics import ConfusionMatrix
 from eval.vis.outputs import LogitsWriter, PredictionWriter, format_table, write_metrics
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, size, cfg.data_cfg.generate_if_missing)
     clips = read_split(root, args.split, info)
     stream = FrameStream(clips, info, size, args.skip_frames)
-    loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.num_workers)
+    loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.num_workers, worker_init_fn=worker_init)
     amp = torch.bfloat16 if device.type == "cuda" else None
 
     out = run / "results" / args.split
