@@ -78,3 +78,14 @@ def main_first() -> Iterator[None]:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts buffers at the *start* of each forward, so after the last training step every rank holds the
+    statistics of its own last batch. Validation and the saved checkpoint must see one model: rank 0's.
+    """
+    if is_distributed():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)

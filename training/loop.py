@@ -90,6 +90,12 @@ def fit(
             f"training_cfg.batch_size: one step needs {per_step * D.world_size()} samples "
             f"(batch x accumulation x processes) but the train split has {len(train_set)}; lower the batch size"
         )
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and tcfg.batch_size < 2:
+        raise ConfigError(
+            "training_cfg.batch_size: BatchNorm layers (e.g. UperNet's 1x1 pooling branch) need at least 2 samples "
+            "per process in training; use batch_size >= 2"
+        )
     steps_per_epoch = min(full_steps, tcfg.max_steps_per_epoch or full_steps)
     optimizer = build_optimizer(model, tcfg, cfg.optim_cfg)
     schedule = LRSchedule.from_config(cfg.optim_cfg, tcfg, steps_per_epoch)
@@ -158,6 +164,7 @@ def fit(
             "lr": tcfg.lr * schedule.factor(step),
         }
         last_epoch = epoch + 1 == tcfg.epochs
+        D.sync_buffers(model)  # every rank validates (and rank 0 saves) the same model
         if (epoch + 1) % tcfg.val_interval == 0 or last_epoch:
             cm, panels = validate_fn(model)
             entry["val"] = {"protocol": "training_validation", **cm.summary(info.class_names)}

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny synthetic dataset (generated once per session) and tiny-config overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data.synthetic import SyntheticParams, generate
+
+TINY_HW = (64, 96)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic set: 4 train clips (last frame labelled) and 2 densely labelled val clips at 64x96."""
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    params = SyntheticParams(height=TINY_HW[0], width=TINY_HW[1], train_videos=2, val_videos=1, clips_per_video=2,
+                             train_clip_len=4, val_clip_len=5)  # fmt: skip
+    generate(root, params, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture
+def tiny_overrides(tiny_synthetic: Path, tmp_path: Path) -> list[str]:
+    """Overrides that turn base_synthetic into a seconds-long CPU run writing into tmp_path/checkpoints."""
+    return [
+        f"save_dir={tmp_path / 'checkpoints'}",
+        f"data_cfg.path={tiny_synthetic}",
+        f"data_cfg.crop_size=[{TINY_HW[0]}, {TINY_HW[1]}]",
+        "model_cfg.backbone=tiny_cnn",
+        "training_cfg.batch_size=2",
+        "training_cfg.num_epochs=2",
+        "training_cfg.num_workers=0",
+        "training_cfg.vis_samples=2",
+        "optim_cfg.warmup_epochs=0",
+    ]

@@ -1,0 +1,132 @@
+"""train_image end to end, in-process: run folder, checkpoints, resume, pretrained init, no_training, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from config.errors import CheckpointError, ConfigError, DataError
+from training import train_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_trains_and_writes_a_complete_run(tiny_overrides: list[str]) -> None:
+    run = train_image.main(["base_synthetic", *tiny_overrides])
+    for name in ("config.yaml", "last.pth", "best.pth", "metrics.json", "log.txt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+    last = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    assert last["kind"] == "image" and last["epoch"] == 2 and last["finished"]
+    assert last["step"] == 2 * (4 // 2)  # 4 labelled train frames, batch 2, 2 epochs
+    assert {"optimizer", "scaler", "rng", "config", "history"} <= set(last)
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[-1]["val"]["protocol"] == "training_validation"
+    assert 0.0 <= epochs[-1]["val"]["miou"] <= 1.0
+    best = torch.load(run / "best.pth", map_location="cpu", weights_only=True)
+    assert best["best_metric"] == max(e["val"]["miou"] for e in epochs)
+    assert "optimizer" not in best
+
+
+def test_resume_finished_run_is_not_an_error(tiny_overrides: list[str], capsys: pytest.CaptureFixture) -> None:
+    run = train_image.main(["base_synthetic", *tiny_overrides])
+    before = (run / "last.pth").stat().st_mtime_ns
+    again = train_image.main(["base_synthetic", f"resume_training={run}", *tiny_overrides])
+    assert again == run
+    assert "using its stored config.yaml" in capsys.readouterr().out
+    assert (run / "last.pth").stat().st_mtime_ns == before  # nothing left to do, nothing rewritten
+
+
+def test_resume_rejects_conflicting_overrides(tiny_overrides: list[str]) -> None:
+    run = train_image.main(["base_synthetic", *tiny_overrides])
+    with pytest.raises(ConfigError, match=r"conflicting overrides: training_cfg\.lr=0\.5"):
+        train_image.main(["base_synthetic", f"resume_training={run}", *tiny_overrides, "training_cfg.lr=0.5"])
+
+
+def test_resume_continues_an_interrupted_run(tiny_overrides: list[str]) -> None:
+    """A run stopped after epoch 1 and resumed ends with exactly the weights of an uninterrupted run."""
+    common = ["base_synthetic", *tiny_overrides, "training_cfg.num_epochs=3", "training_cfg.max_steps_per_epoch=1"]
+    reference = train_image.main([*common, "training_cfg.epochs_to_run=3"])
+    stopped = train_image.main([*common, "training_cfg.epochs_to_run=1"])
+    # As if it had been killed after epoch 1: its stored config asks for all 3 epochs.
+    stored = stopped / "config.yaml"
+    stored.write_text(stored.read_text().replace("epochs_to_run: 1", "epochs_to_run: 3"))
+    train_image.main(["base_synthetic", f"resume_training={stopped}", f"save_dir={stopped.parent}"])
+    want = torch.load(reference / "last.pth", map_location="cpu", weights_only=True)
+    got = torch.load(stopped / "last.pth", map_location="cpu", weights_only=True)
+    assert got["epoch"] == 3 and got["step"] == want["step"] == 3
+    # same data order, augmentation draws, RNG and optimizer state -> the same weights
+    for k, v in want["model"].items():
+        assert torch.allclose(v.float(), got["model"][k].float(), atol=1e-5), k
+
+
+def test_killed_run_resumes_to_a_finished_run_with_best(tiny_overrides: list[str]) -> None:
+    """SIGKILL train_image during an epoch, then resume: the run finishes and has best.pth."""
+    args = ["base_synthetic", *tiny_overrides, "training_cfg.num_epochs=40", "training_cfg.max_steps_per_epoch=2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train_image", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    run = None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        line = proc.stdout.readline()
+        if line.startswith("== run folder: "):
+            run = Path(line.split(": ", 1)[1].strip())
+        if run is not None and (run / "last.pth").is_file():
+            ckpt = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+            if ckpt["epoch"] >= 2:
+                break
+    proc.send_signal(signal.SIGKILL)  # mid-training: no chance to clean up
+    proc.wait(timeout=30)
+    assert run is not None and proc.returncode == -signal.SIGKILL
+    killed_at = torch.load(run / "last.pth", map_location="cpu", weights_only=True)["epoch"]
+    assert 2 <= killed_at < 40
+    train_image.main(["base_synthetic", f"resume_training={run.name}", f"save_dir={run.parent}"])
+    final = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    assert final["epoch"] == 40 and final["finished"]
+    assert (run / "best.pth").is_file()
+    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == list(range(1, 41))
+
+
+def test_pretrained_checkpoint_loads_weights_only(tiny_overrides: list[str], capsys: pytest.CaptureFixture) -> None:
+    first = train_image.main(["base_synthetic", *tiny_overrides])
+    second = train_image.main(["base_synthetic", *tiny_overrides, f"pretrained_checkpoint={first}",
+                               "training_cfg.epochs_to_run=0"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"initialised from {first / 'best.pth'}" in out and "missing 0" in out
+    assert second != first
+
+
+def test_no_training_writes_an_epoch_zero_checkpoint(tiny_overrides: list[str]) -> None:
+    run = train_image.main(["untrained_synthetic", *tiny_overrides])
+    ckpt = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["kind"] == "image"
+
+
+def test_missing_dataset_is_a_data_error(tiny_overrides: list[str], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dataset folder .* not found: prepare it with `bash process_dataset.sh"):
+        train_image.main(["base_synthetic", *tiny_overrides, "data_cfg.dataset=uavid", f"data_cfg.path={tmp_path / 'x'}"])
+
+
+def test_missing_sam2_weights_is_a_checkpoint_error(tiny_overrides: list[str], tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="sam2_hiera_tiny.pt"):
+        train_image.main(["base_synthetic", *tiny_overrides, "model_cfg.model_architecture=hierasam_upernet",
+                          "model_cfg.checkpoint_model=tiny",
+                          f"model_cfg.pretrained_backbone={tmp_path / 'sam2_hiera_tiny.pt'}"])  # fmt: skip
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "training.train_image", "base_synthetic", "data_cfg.dataset=uavid",
+                           f"data_cfg.path={tmp_path / 'none'}", f"save_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("data error: dataset folder") and len(proc.stderr.strip().splitlines()) == 1
