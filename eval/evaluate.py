@@ -6,6 +6,8 @@ over ranks, so 1 and N processes give exactly the same matrix (``ecosystem.md`` 
 
 from __future__ import annotations
 
+import os
+import platform
 from contextlib import nullcontext
 
 import numpy as np
@@ -25,6 +27,14 @@ from eval.vis.render import overlay, panel
 def autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN201 - a context manager
     """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device results were measured on (GPU model, or CPU model and thread count)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu {cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
 
 
 def shard(n: int) -> list[int]:

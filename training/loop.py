@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from config.errors import ConfigError, UserError
 from config.loader import dump, to_dict
 from data.catalog import DatasetInfo
 from data.image_dataset import worker_init
-from eval.evaluate import autocast
+from eval.evaluate import autocast, device_name
 from eval.metrics import ConfusionMatrix
 from training import distributed as D
 from training.checkpoint import atomic_save, rng_state, set_rng_state
@@ -116,6 +117,8 @@ def fit(
     show_bar = D.is_main() and sys.stderr.isatty()
     for epoch in range(start_epoch, tcfg.epochs):
         t0 = time.time()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         train_set.epoch = epoch  # per-sample augmentation seeds depend on it
         order = epoch_indices(len(train_set), tcfg.seed, epoch, per_step)[: steps_per_epoch * per_step]
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers,
@@ -155,6 +158,7 @@ def fit(
                     writer.add_scalar(f"train/{k}", float(v), step)
                 writer.add_scalar("train/lr", tcfg.lr * lr_factor, step)
         bar.close()
+        train_time = time.time() - t0
 
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -162,6 +166,10 @@ def fit(
             "train_loss": D.all_reduce_mean(loss_sum / steps_per_epoch, device),
             **{f"train_{k}": D.all_reduce_mean(v / steps_per_epoch, device) for k, v in parts_sum.items()},
             "lr": tcfg.lr * schedule.factor(step),
+            # throughput of the training part of the epoch (data loading included), per process
+            "step_time_s": round(train_time / steps_per_epoch, 4),
+            "images_per_s": round(steps_per_epoch * per_step / train_time, 2),
+            "peak_memory_mb": _peak_memory_mb(device),
         }
         last_epoch = epoch + 1 == tcfg.epochs
         D.sync_buffers(model)  # every rank validates (and rank 0 saves) the same model
@@ -184,7 +192,7 @@ def fit(
                 run / "last.pth", model, cfg, kind, **state, finished=last_epoch,
                 optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
             )  # fmt: skip
-            _write_metrics(run, history)
+            _write_metrics(run, history, device_name(device))
             _log_epoch(run, entry, info, improved)
             if writer is not None:
                 _tensorboard_epoch(writer, entry, panels, info)
@@ -218,15 +226,23 @@ def _tensorboard_epoch(writer: Any, entry: dict, panels: list[np.ndarray], info:
     writer.flush()
 
 
-def _write_metrics(run: Path, history: list[dict]) -> None:
+def _write_metrics(run: Path, history: list[dict], device: str) -> None:
     tmp = run / ".metrics.json.tmp"
-    tmp.write_text(json.dumps({"epochs": history}, indent=1))
+    tmp.write_text(json.dumps({"device": device, "world_size": D.world_size(), "epochs": history}, indent=1))
     tmp.replace(run / "metrics.json")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated this epoch, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kilobytes
 
 
 def _log_epoch(run: Path, entry: dict, info: DatasetInfo, improved: bool) -> None:
     parts = [time.strftime("%Y-%m-%d %H:%M:%S"), f"epoch {entry['epoch']}", f"step {entry['step']}",
-             f"train loss {entry['train_loss']:.4f}", f"lr {entry['lr']:.3g}"]  # fmt: skip
+             f"train loss {entry['train_loss']:.4f}", f"lr {entry['lr']:.3g}",
+             f"{entry['images_per_s']:.1f} img/s"]  # fmt: skip
     if "val" in entry:
         miou = entry["val"]["miou"]
         parts.append(f"val mIoU {miou:.4f}" if miou is not None else "val mIoU n/a")

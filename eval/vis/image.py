@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import platform
 import subprocess
+import sys
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,7 +22,7 @@ from config.errors import ConfigError, run_cli
 from data.catalog import get_dataset_info
 from data.frames import ensure_dataset, read_split
 from data.image_dataset import FrameStream, worker_init
-from eval.evaluate import predict_tta
+from eval.evaluate import device_name, predict_tta
 from eval.metrics import ConfusionMatrix
 from eval.vis.outputs import LogitsWriter, PredictionWriter, format_table, write_metrics
 from models.runs import load_image_model, locate_run
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                      _logits_size(args.logits_size), args.logits_stride, args.logits_format)  # fmt: skip
     cm = ConfusionMatrix(info.num_classes, device)
     n_labelled = 0
-    for batch in tqdm(loader, desc=f"{run.name} {args.split}", dynamic_ncols=True):
+    for batch in tqdm(loader, desc=f"{run.name} {args.split}", dynamic_ncols=True, disable=not sys.stderr.isatty()):
         logits = predict_tta(model, batch["image"].to(device), args.tta, model.backbone.input_multiple, amp)
         pred = logits.argmax(1)
         if args.evaluation:
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                  "per_class": summary["per_class"]},
         **{k: summary[k] for k in ("miou_zero", "pixel_acc", "mean_class_acc", "fwiou", "labelled_pixels",
                                    "confusion_matrix")},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": device_name(device),
         "software": software(),
     }  # fmt: skip
     write_metrics(out, metrics, cm.per_class_rows(info.class_names))

@@ -119,3 +119,16 @@ def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
 
 def test_docs_configs_md_is_up_to_date() -> None:
     assert docs.DOC_PATH.read_text() == docs.render(), "run: python -m config.docs --write"
+
+
+@pytest.mark.parametrize("path", IMAGE_CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_image_config_builds_its_model(path: Path) -> None:
+    from data.catalog import get_dataset_info
+    from models.build import build_image_model
+
+    cfg = load(path.stem, "image")
+    info = get_dataset_info(cfg.data_cfg.dataset)
+    # weights files are user-provided, so build without them; the input size must suit the backbone
+    model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)
+    model.check_input_size(*cfg.data_cfg.crop_size)
+    assert model.num_classes == info.num_classes
