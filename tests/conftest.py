@@ -33,5 +33,6 @@ def tiny_overrides(tiny_synthetic: Path, tmp_path: Path) -> list[str]:
         "training_cfg.num_epochs=2",
         "training_cfg.num_workers=0",
         "training_cfg.vis_samples=2",
+        "training_cfg.val_interval=1",
         "optim_cfg.warmup_epochs=0",
     ]

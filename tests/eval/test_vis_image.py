@@ -27,7 +27,7 @@ def trained_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) 
     return train_image.main([
         "base_synthetic", f"save_dir={save}", f"data_cfg.path={tiny_synthetic}", "data_cfg.crop_size=[64, 96]",
         "model_cfg.backbone=tiny_cnn", "training_cfg.batch_size=2", "training_cfg.num_epochs=2",
-        "training_cfg.num_workers=0", "optim_cfg.warmup_epochs=0",
+        "training_cfg.num_workers=0", "training_cfg.val_interval=1", "optim_cfg.warmup_epochs=0",
     ])  # fmt: skip
 
 
