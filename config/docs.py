@@ -47,7 +47,10 @@ def render() -> str:
         hints = typing.get_type_hints(schema)
         top = [f for f in dataclasses.fields(schema) if not dataclasses.is_dataclass(hints[f.name])]
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-        lines += [f"| `{f.name}` | {_type_name(hints[f.name])} | `{_default(f)}` | {f.metadata['doc']} |" for f in top]
+        lines += [
+            f"| `{f.name}` | {_type_name(hints[f.name])} | `{_default(f)}` | {f.metadata['doc']} |"
+            for f in top
+        ]
         lines.append("")
         for f in dataclasses.fields(schema):
             sec = hints[f.name]

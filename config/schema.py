@@ -35,18 +35,33 @@ class DataCfg:
     )
     path: str | None = opt(None, "dataset root; null = datasets/UAVid, datasets/ruralscapes, ... per dataset")
     crop_size: list[int] = opt(
-        [736, 1280], "(H, W) every frame and label is resized to when read: the network input size", length=2, min=1
+        [736, 1280],
+        "(H, W) every frame and label is resized to when read: the network input size",
+        length=2,
+        min=1,
     )
     square_crop: bool = opt(False, "training: random HxH crop; training-time validation: centre HxH crop")
-    data_augmentation: bool = opt(True, "training augmentation (flip, geometry, photometry, noise; ssp.md 7.8/7.9)")
+    data_augmentation: bool = opt(
+        True, "training augmentation (flip, geometry, photometry, noise; ssp.md 7.8/7.9)"
+    )
     soft_labels: bool = opt(False, "targets are per-class maps (knowledge distillation; not available yet)")
-    logit_distillation: bool = opt(False, "train on saved teacher logits (knowledge distillation; not available yet)")
-    logits_folder: str | None = opt(None, "folder of saved teacher logits (knowledge distillation; not available yet)")
+    logit_distillation: bool = opt(
+        False, "train on saved teacher logits (knowledge distillation; not available yet)"
+    )
+    logits_folder: str | None = opt(
+        None, "folder of saved teacher logits (knowledge distillation; not available yet)"
+    )
     min_vid_len: int = opt(0, "legacy: skip clips shorter than this many frames", min=0)
     labeled_frames_per_vid: int | None = opt(None, "legacy reference key; must stay null")
-    train_skip_frames: int | None = opt(None, "use training samples at clip indices 1, 1+k, 1+2k, ...; null = all", min=1)
-    val_skip_frames: int = opt(1, "validation uses labelled frames whose clip index is a multiple of k", min=1)
-    generate_if_missing: bool = opt(True, "synthetic only: generate the dataset at crop_size when it is missing")
+    train_skip_frames: int | None = opt(
+        None, "use training samples at clip indices 1, 1+k, 1+2k, ...; null = all", min=1
+    )
+    val_skip_frames: int = opt(
+        1, "validation uses labelled frames whose clip index is a multiple of k", min=1
+    )
+    generate_if_missing: bool = opt(
+        True, "synthetic only: generate the dataset at crop_size when it is missing"
+    )
 
 
 @dataclass
@@ -63,7 +78,9 @@ class ModelCfg:
     backbone: str | None = opt(
         None, "backbone name for the other architectures (default: vgg16 for fcn8s, resnet18 otherwise)"
     )
-    head_width: int | None = opt(None, "head channel width; null = the reference width for the backbone", min=1)
+    head_width: int | None = opt(
+        None, "head channel width; null = the reference width for the backbone", min=1
+    )
     pretrained_backbone: str | None = opt(
         None, "local backbone weights file (e.g. base_checkpoints/sam2_hiera_small.pt); null = random init"
     )
@@ -80,28 +97,40 @@ class TrainingCfg:
     batch_size: int = opt(4, "samples per optimizer step and process (video: pairs)", min=1)
     num_epochs: int = opt(250, "length of the LR schedule in epochs", min=1)
     early_stopping: int | None = opt(
-        None, "epochs actually run (a fixed count, not patience; null = num_epochs); alias: epochs_to_run", min=0
+        None,
+        "epochs actually run (a fixed count, not patience; null = num_epochs); alias: epochs_to_run",
+        min=0,
     )
-    epochs_to_run: int | None = opt(None, "same as early_stopping (clearer name); set at most one of the two", min=0)
+    epochs_to_run: int | None = opt(
+        None, "same as early_stopping (clearer name); set at most one of the two", min=0
+    )
     num_workers: int = opt(4, "data-loader worker processes (0 = load in the main process)", min=0)
     lr: float = opt(2.5e-5, "peak learning rate", min=0)
-    trained_layer: str | None = opt(None, "parameters whose name contains this get lr, the others secondary_lr")
+    trained_layer: str | None = opt(
+        None, "parameters whose name contains this get lr, the others secondary_lr"
+    )
     secondary_lr: float = opt(1e-4, "learning rate of the other parameters when trained_layer is set", min=0)
     seed: int = opt(0, "seed of every random generator (recorded in the run)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when available, else cpu")
-    amp: Literal["auto", "none", "bf16", "fp16"] = opt("auto", "autocast precision; auto = bf16 on CUDA, none on CPU")
+    amp: Literal["auto", "none", "bf16", "fp16"] = opt(
+        "auto", "autocast precision; auto = bf16 on CUDA, none on CPU"
+    )
     grad_clip: float | None = opt(None, "clip the gradient norm to this value; null = no clipping", min=0)
     grad_accum_steps: int = opt(1, "micro-batches accumulated per optimizer step", min=1)
     val_interval: int = opt(1, "validate every k epochs (and always after the last one)", min=1)
     log_interval: int = opt(10, "log training scalars to TensorBoard every k steps", min=1)
     vis_samples: int = opt(4, "prediction overlays logged to TensorBoard at each validation", min=0)
-    max_steps_per_epoch: int | None = opt(None, "cap on optimizer steps per epoch (quick runs); null = all", min=1)
+    max_steps_per_epoch: int | None = opt(
+        None, "cap on optimizer steps per epoch (quick runs); null = all", min=1
+    )
     max_val_samples: int | None = opt(None, "cap on validation samples (quick runs); null = all", min=1)
     deterministic: bool = opt(False, "ask torch for deterministic algorithms (slower)")
 
     def __post_init__(self) -> None:
         if self.early_stopping is not None and self.epochs_to_run is not None:
-            raise ConfigError("training_cfg: set epochs_to_run or early_stopping, not both (they mean the same)")
+            raise ConfigError(
+                "training_cfg: set epochs_to_run or early_stopping, not both (they mean the same)"
+            )
 
     @property
     def epochs(self) -> int:
@@ -130,7 +159,9 @@ class LossCfg:
     """`loss_cfg`: the segmentation / distillation loss."""
 
     loss_func: Literal["crossentropy", "kldiv"] = opt("crossentropy", "main loss (kldiv needs soft targets)")
-    class_weights: list[float] | None = opt(None, "per-class weights of the cross-entropy; null = uniform", min=0)
+    class_weights: list[float] | None = opt(
+        None, "per-class weights of the cross-entropy; null = uniform", min=0
+    )
     softmax_on_target: bool = opt(False, "apply softmax(target / T) to soft targets")
     temperature: float = opt(1.0, "temperature T of the KL loss", min=0)
     kl_reduction: Literal["batchmean_reference", "mean_per_pixel"] = opt(

@@ -119,8 +119,18 @@ _RURAL_PALETTE: tuple[RGB, ...] = (
 RURALSCAPES = DatasetInfo(
     name="ruralscapes",
     class_names=(
-        "residential", "land", "forest", "sky", "fence", "road",
-        "hill", "church", "car", "person", "haystack", "water",
+        "residential",
+        "land",
+        "forest",
+        "sky",
+        "fence",
+        "road",
+        "hill",
+        "church",
+        "car",
+        "person",
+        "haystack",
+        "water",
     ),  # fmt: skip
     palette=_RURAL_PALETTE,
     default_root="datasets/ruralscapes",

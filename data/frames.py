@@ -115,7 +115,9 @@ def read_mask(path: Path, info: DatasetInfo) -> np.ndarray:
     if raw is None:
         raise DataError(f"{path}: cannot read the mask (missing or corrupt); re-run `{info.prepare_hint}`")
     if raw.ndim == 3:
-        raise DataError(f"{path}: masks must be single-channel id images, not colour; re-run `{info.prepare_hint}`")
+        raise DataError(
+            f"{path}: masks must be single-channel id images, not colour; re-run `{info.prepare_hint}`"
+        )
     if raw.dtype != np.uint8:
         raise DataError(f"{path}: masks must be 8-bit, got {raw.dtype}; re-run `{info.prepare_hint}`")
     return info.mask_to_train_ids(raw, path)

@@ -34,7 +34,9 @@ class FrameRef:
     index: int
 
 
-def load_frame(clip: Clip, index: int, info: DatasetInfo, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def load_frame(
+    clip: Clip, index: int, info: DatasetInfo, size_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Frame (H, W, 3) uint8 RGB and training ids (H, W) uint8 at ``size_hw``; unlabelled frames get all-255."""
     frame = resize_frame(read_frame(clip.frames[index]), size_hw)
     if index in clip.masks:
@@ -111,9 +113,13 @@ class FrameStream(Dataset):
     ``t`` (index in the clip), ``clip`` and ``frame`` names, and ``rgb`` [H,W,3] uint8 for overlays.
     """
 
-    def __init__(self, clips: list[Clip], info: DatasetInfo, size_hw: tuple[int, int], skip_frames: int = 1) -> None:
+    def __init__(
+        self, clips: list[Clip], info: DatasetInfo, size_hw: tuple[int, int], skip_frames: int = 1
+    ) -> None:
         self.clips, self.info, self.size_hw = clips, info, tuple(size_hw)
-        self.items = [FrameRef(c, i) for c, clip in enumerate(clips) for i in frame_sampling(len(clip), skip_frames)]
+        self.items = [
+            FrameRef(c, i) for c, clip in enumerate(clips) for i in frame_sampling(len(clip), skip_frames)
+        ]
 
     def __len__(self) -> int:
         return len(self.items)

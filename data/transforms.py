@@ -94,8 +94,9 @@ def resize_soft(soft: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     if soft.shape[1:] == tuple(size_hw):
         return soft.copy()
     x = torch.from_numpy(np.ascontiguousarray(soft)).float()[None]
-    y = torch.nn.functional.interpolate(x, size=tuple(size_hw), mode="bilinear", align_corners=False,
-                                        antialias=True)[0]
+    y = torch.nn.functional.interpolate(
+        x, size=tuple(size_hw), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     return y.to(_TORCH_DTYPE[soft.dtype.type]).numpy()
 
 
@@ -117,15 +118,18 @@ def _hflip(w: int) -> np.ndarray:
     return _mat(-1, 0, w - 1, 0, 1, 0)
 
 
-def _integer_slices(m: np.ndarray, in_hw: tuple[int, int],
-                    out_hw: tuple[int, int]) -> tuple[slice, slice] | None:
+def _integer_slices(
+    m: np.ndarray, in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> tuple[slice, slice] | None:
     """If ``m`` is a flip/integer translation whose output window lies inside the input, the (rows, cols)
     slices that implement it; else None."""
     if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or np.abs(m[2] - (0, 0, 1)).max() > 1e-9:
         return None
     out: list[slice] = []
-    for a, t, n_in, n_out in ((m[1, 1], m[1, 2], in_hw[0], out_hw[0]),
-                              (m[0, 0], m[0, 2], in_hw[1], out_hw[1])):
+    for a, t, n_in, n_out in (
+        (m[1, 1], m[1, 2], in_hw[0], out_hw[0]),
+        (m[0, 0], m[0, 2], in_hw[1], out_hw[1]),
+    ):
         ti = int(round(t))
         if abs(t - ti) > 1e-6:
             return None
@@ -138,8 +142,9 @@ def _integer_slices(m: np.ndarray, in_hw: tuple[int, int],
     return out[0], out[1]
 
 
-def _warp(img: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], interp: int, border: int,
-          value: float) -> np.ndarray:
+def _warp(
+    img: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], interp: int, border: int, value: float
+) -> np.ndarray:
     """Warp an ``(H,W)`` or ``(H,W,C)`` array (C <= 512) with the source->output matrix ``m``."""
     sl = _integer_slices(m, img.shape[:2], out_hw)
     if sl is not None:
@@ -148,15 +153,17 @@ def _warp(img: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], interp: int, 
     src = np.ascontiguousarray(img)
     dsize, flags = (out_hw[1], out_hw[0]), interp | cv2.WARP_INVERSE_MAP
     if abs(inv[2, 0]) < 1e-12 and abs(inv[2, 1]) < 1e-12:
-        out = cv2.warpAffine(src, inv[:2] / inv[2, 2], dsize, flags=flags, borderMode=border,
-                             borderValue=value)
+        out = cv2.warpAffine(
+            src, inv[:2] / inv[2, 2], dsize, flags=flags, borderMode=border, borderValue=value
+        )
     else:
         out = cv2.warpPerspective(src, inv, dsize, flags=flags, borderMode=border, borderValue=value)
     return out.reshape(out_hw + img.shape[2:])
 
 
-def _warp_soft(soft: np.ndarray, m: np.ndarray, frame_hw: tuple[int, int], out_hw: tuple[int, int],
-               border: int) -> np.ndarray:
+def _warp_soft(
+    soft: np.ndarray, m: np.ndarray, frame_hw: tuple[int, int], out_hw: tuple[int, int], border: int
+) -> np.ndarray:
     """Warp ``(K,h,w)`` soft targets; ``m``/``out_hw`` are in frame pixels, mapped here to the soft grid."""
     k, h, w = soft.shape
     (fh, fw), (oh, ow) = frame_hw, out_hw
@@ -168,23 +175,30 @@ def _warp_soft(soft: np.ndarray, m: np.ndarray, frame_hw: tuple[int, int], out_h
     if sl is not None:
         return soft[:, sl[0], sl[1]].copy()
     hwk = np.ascontiguousarray(soft.transpose(1, 2, 0), dtype=np.float32)
-    parts = [_warp(hwk[..., i:i + 512], m, out_hw, cv2.INTER_LINEAR, border, 0.0).reshape(out_hw + (-1,))
-             for i in range(0, k, 512)]
+    parts = [
+        _warp(hwk[..., i : i + 512], m, out_hw, cv2.INTER_LINEAR, border, 0.0).reshape(out_hw + (-1,))
+        for i in range(0, k, 512)
+    ]
     out = torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2))
     # torch: the float16 cast and the HWK -> KHW copy are several times faster than numpy's
     return out.permute(2, 0, 1).to(_TORCH_DTYPE[soft.dtype.type]).contiguous().numpy()
 
 
-def _apply_geometry(sample: ClipSample, m: np.ndarray, out_hw: tuple[int, int],
-                    frame_border: int = cv2.BORDER_CONSTANT) -> ClipSample:
+def _apply_geometry(
+    sample: ClipSample, m: np.ndarray, out_hw: tuple[int, int], frame_border: int = cv2.BORDER_CONSTANT
+) -> ClipSample:
     """Apply one source->output matrix to every frame, label and soft target of the clip."""
     hw = sample.frames[0].shape[:2]
     frames = [_warp(f, m, out_hw, cv2.INTER_LINEAR, frame_border, 0) for f in sample.frames]
-    labels = [None if lb is None else
-              _warp(lb, m, out_hw, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT, IGNORE_INDEX)
-              for lb in sample.labels]
-    soft = None if sample.soft is None else [
-        None if s is None else _warp_soft(s, m, hw, out_hw, frame_border) for s in sample.soft]
+    labels = [
+        None if lb is None else _warp(lb, m, out_hw, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT, IGNORE_INDEX)
+        for lb in sample.labels
+    ]
+    soft = (
+        None
+        if sample.soft is None
+        else [None if s is None else _warp_soft(s, m, hw, out_hw, frame_border) for s in sample.soft]
+    )
     return ClipSample(frames, labels, soft)
 
 
@@ -219,10 +233,21 @@ def _hsv_op(dh: float, ds: float, dv: float) -> FrameOp:
     if round(dh) == round(ds) == round(dv) == 0:  # identity: skip the lossy uint8 HSV round trip
         return lambda img, rng: img.copy()
     x = np.arange(256.0)
-    lut = np.stack([np.mod(np.rint(x + dh), 180), np.clip(np.rint(x + ds), 0, 255),
-                    np.clip(np.rint(x + dv), 0, 255)], axis=-1).astype(np.uint8).reshape(256, 1, 3)
-    return lambda img, rng: cv2.cvtColor(cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), lut),
-                                         cv2.COLOR_HSV2RGB)
+    lut = (
+        np.stack(
+            [
+                np.mod(np.rint(x + dh), 180),
+                np.clip(np.rint(x + ds), 0, 255),
+                np.clip(np.rint(x + dv), 0, 255),
+            ],
+            axis=-1,
+        )
+        .astype(np.uint8)
+        .reshape(256, 1, 3)
+    )
+    return lambda img, rng: cv2.cvtColor(
+        cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), lut), cv2.COLOR_HSV2RGB
+    )
 
 
 def _clahe_op(clip_limit: float, tiles: int) -> FrameOp:
@@ -233,6 +258,7 @@ def _clahe_op(clip_limit: float, tiles: int) -> FrameOp:
         lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
         lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
         return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
     return op
 
 
@@ -243,11 +269,13 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def _gauss_op(std: float) -> FrameOp:
     """Additive i.i.d. Gaussian noise, ``std`` in 0-255 levels, per pixel and channel, new noise per frame."""
+
     def op(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n = rng.standard_normal(img.shape, dtype=np.float32)
         n *= std
         n += img
         return _to_uint8(n)
+
     return op
 
 
@@ -258,6 +286,7 @@ def _iso_op(color_shift: float, intensity: float) -> FrameOp:
     """ISO-like sensor noise (own model, new noise per frame): luminance shot noise with std
     ``25 * intensity * sqrt(Y/255)`` levels (Y = luma), plus luma-free chroma noise of std
     ``128 * color_shift`` levels drawn at half resolution and upsampled (blotchy, like real chroma noise)."""
+
     def op(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = img.shape[:2]
         gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -268,17 +297,20 @@ def _iso_op(color_shift: float, intensity: float) -> FrameOp:
         out += lum[..., None]
         out += cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR)
         return _to_uint8(out)
+
     return op
 
 
 def _jpeg_op(quality: int) -> FrameOp:
     """JPEG encode/decode round trip at ``quality`` (0-100), in BGR order so that chroma is computed right."""
+
     def op(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise RuntimeError("JPEG encoding failed")
         return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
     return op
 
 
@@ -311,10 +343,21 @@ class VideoTrainAugment:
        ``U(+-sat)``/``U(+-val)`` on the 0-255 scale. Same parameters for every frame.
     """
 
-    def __init__(self, square_crop: bool, *, p_flip: float = 0.5, p_scale: float = 0.75,
-                 scales: Sequence[float] = VIDEO_SCALES, p_photometric: float = 0.3, contrast: float = 0.2,
-                 brightness: float = 0.2, hue: float = 30.0, sat: float = 20.0, val: float = 20.0,
-                 gamma: tuple[float, float] = (0.8, 1.2)) -> None:
+    def __init__(
+        self,
+        square_crop: bool,
+        *,
+        p_flip: float = 0.5,
+        p_scale: float = 0.75,
+        scales: Sequence[float] = VIDEO_SCALES,
+        p_photometric: float = 0.3,
+        contrast: float = 0.2,
+        brightness: float = 0.2,
+        hue: float = 30.0,
+        sat: float = 20.0,
+        val: float = 20.0,
+        gamma: tuple[float, float] = (0.8, 1.2),
+    ) -> None:
         if not scales or min(scales) < 1.0:
             raise ValueError(f"scales must be >= 1 (scale up, then crop back), got {tuple(scales)}")
         self.square_crop, self.p_flip, self.p_scale, self.scales = square_crop, p_flip, p_scale, tuple(scales)
@@ -365,10 +408,20 @@ class ImageTrainAugment:
     Colour/noise run after the crop (cheaper; they are per-pixel, except CLAHE and JPEG which are local).
     """
 
-    def __init__(self, square_crop: bool, *, p_flip: float = 0.5, p_geometric: float = 0.2,
-                 perspective_scale: tuple[float, float] = (0.01, 0.05), shift: float = 0.0625,
-                 scale: float = 0.1, rotate: float = 15.0, p_color: float = 0.8, p_noise: float = 0.6,
-                 jpeg_quality: tuple[int, int] = (50, 95)) -> None:
+    def __init__(
+        self,
+        square_crop: bool,
+        *,
+        p_flip: float = 0.5,
+        p_geometric: float = 0.2,
+        perspective_scale: tuple[float, float] = (0.01, 0.05),
+        shift: float = 0.0625,
+        scale: float = 0.1,
+        rotate: float = 15.0,
+        p_color: float = 0.8,
+        p_noise: float = 0.6,
+        jpeg_quality: tuple[int, int] = (50, 95),
+    ) -> None:
         self.square_crop, self.p_flip, self.p_geometric = square_crop, p_flip, p_geometric
         self.perspective_scale, self.shift, self.scale, self.rotate = perspective_scale, shift, scale, rotate
         self.p_color, self.p_noise, self.jpeg_quality = p_color, p_noise, jpeg_quality

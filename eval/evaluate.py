@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from eval.metrics import ConfusionMatrix
 from eval.vis.render import overlay, panel
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN201 - a context manager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -33,8 +33,18 @@ def device_name(device: torch.device) -> str:
     """A readable name of the device results were measured on (GPU model, or CPU model and thread count)."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    return f"cpu {cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    return f"CPU {_cpu_model()}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def shard(n: int) -> list[int]:
@@ -69,8 +79,9 @@ def validate(
     """
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     subset = Subset(dataset, shard(n))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        worker_init_fn=worker_init)
+    loader = DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, worker_init_fn=worker_init
+    )
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(info.num_classes, device)
@@ -80,7 +91,9 @@ def validate(
         pred = predict(model, images, amp_dtype).argmax(1)
         cm.update(pred, labels)
         for i in range(min(len(pred), vis_samples - len(panels))):
-            rgb = (denormalize(images[i].float().cpu()).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            rgb = (
+                (denormalize(images[i].float().cpu()).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            )
             ids_p = pred[i].cpu().numpy().astype(np.uint8)
             ids_g = labels[i].cpu().numpy().astype(np.uint8)
             panels.append(panel([rgb, overlay(rgb, ids_p, info), overlay(rgb, ids_g, info)]))
@@ -91,7 +104,11 @@ def validate(
 
 @torch.inference_mode()
 def predict_tta(
-    model: nn.Module, images: torch.Tensor, mode: str = "none", multiple: int = 1, amp_dtype: torch.dtype | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    mode: str = "none",
+    multiple: int = 1,
+    amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Logits [B,K,H,W] averaged over test-time augmentations (``metrics.md`` §2.5): ``none``, ``flip``
     (horizontal, flipped back), ``multiscale`` (scales 0.75/1/1.5, each rounded to the backbone's input
@@ -103,8 +120,15 @@ def predict_tta(
     flips = (False, True) if "flip" in mode else (False,)
     total = None
     for s in scales:
-        size = (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
-        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        size = (
+            max(multiple, round(h * s / multiple) * multiple),
+            max(multiple, round(w * s / multiple) * multiple),
+        )
+        x = (
+            images
+            if size == (h, w)
+            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        )
         for flip in flips:
             y = predict(model, x.flip(-1) if flip else x, amp_dtype)
             y = y.flip(-1) if flip else y

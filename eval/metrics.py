@@ -38,7 +38,9 @@ class ConfusionMatrix:
         t = target[keep].long()
         p = pred[keep].long()
         if t.numel() and (t.min() < 0 or t.max() >= c):
-            raise ValueError(f"target values outside 0..{c - 1} and 255: {torch.unique(t[(t < 0) | (t >= c)])[:5]}")
+            raise ValueError(
+                f"target values outside 0..{c - 1} and 255: {torch.unique(t[(t < 0) | (t >= c)])[:5]}"
+            )
         if p.numel() and (p.min() < 0 or p.max() >= c):
             raise ValueError(f"prediction values outside 0..{c - 1}")
         self.mat += torch.bincount(t * c + p, minlength=c * c).view(c, c).to(self.mat.device)

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 
 from config.errors import CheckpointError
+from config.loader import from_dict
+from data.catalog import get_dataset_info
+from models.build import build_image_model
 
 CHECKPOINT_NAMES = ("last.pth", "best.pth")
 
@@ -50,7 +53,9 @@ def checkpoint_path(run: Path, best: bool = False) -> Path:
     if path.is_file():
         return path
     present = [n for n in CHECKPOINT_NAMES if (run / n).is_file()]
-    what = f"it has {', '.join(present)}" if present else "it has no checkpoint yet (was the run killed early?)"
+    what = (
+        f"it has {', '.join(present)}" if present else "it has no checkpoint yet (was the run killed early?)"
+    )
     flag = "drop --best-model" if best else "train it first"
     raise CheckpointError(f"{path} not found: {what}; {flag}")
 
@@ -74,14 +79,12 @@ def load_image_model(run: Path, best: bool = False) -> tuple[torch.nn.Module, An
 
     Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries).
     """
-    from config.loader import from_dict
-    from data.catalog import get_dataset_info
-    from models.build import build_image_model
-
     path = checkpoint_path(run, best)
     ckpt = read_checkpoint(path)
     if ckpt.get("kind") != "image":
-        raise CheckpointError(f"{path} is a '{ckpt.get('kind')}' checkpoint; use the matching eval.vis command")
+        raise CheckpointError(
+            f"{path} is a '{ckpt.get('kind')}' checkpoint; use the matching eval.vis command"
+        )
     cfg = from_dict(ckpt["config"], "image")
     info = get_dataset_info(cfg.data_cfg.dataset)
     model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)

@@ -21,7 +21,9 @@ from training import train_image
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("overrides", nargs="*", help="overrides for base_synthetic, e.g. training_cfg.num_epochs=2")
+    p.add_argument(
+        "overrides", nargs="*", help="overrides for base_synthetic, e.g. training_cfg.num_epochs=2"
+    )
     args = p.parse_args(argv)
     t0 = time.time()
     cfg = load("base_synthetic", "image", args.overrides)

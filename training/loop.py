@@ -109,7 +109,12 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         set_rng_state(resume["rng"])
-        start_epoch, step, best, history = resume["epoch"], resume["step"], resume["best_metric"], resume["history"]
+        start_epoch, step, best, history = (
+            resume["epoch"],
+            resume["step"],
+            resume["best_metric"],
+            resume["history"],
+        )
     schedule.apply(optimizer, step)
 
     train_model = DistributedDataParallel(model) if D.is_distributed() else model
@@ -130,7 +135,9 @@ def fit(
                    dynamic_ncols=True, leave=False)  # fmt: skip
         for _ in bar:
             for micro in range(tcfg.grad_accum_steps):
-                sync = micro == tcfg.grad_accum_steps - 1 or not isinstance(train_model, DistributedDataParallel)
+                sync = micro == tcfg.grad_accum_steps - 1 or not isinstance(
+                    train_model, DistributedDataParallel
+                )
                 with nullcontext() if sync else train_model.no_sync():
                     with autocast(device, dtype):
                         loss, parts = step_fn(train_model, next(batches))
@@ -252,6 +259,7 @@ def _log_epoch(run: Path, entry: dict, info: DatasetInfo, improved: bool) -> Non
     with open(run / "log.txt", "a") as fh:
         fh.write(line + "\n")
         if "val" in entry:
-            ious = ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} n/a" for n, v in entry["val"]["per_class"].items())
+            ious = ", ".join(
+                f"{n} {v:.3f}" if v is not None else f"{n} n/a" for n, v in entry["val"]["per_class"].items()
+            )
             fh.write(f"    per-class IoU: {ious}\n")
-

@@ -23,7 +23,9 @@ class RunSetup:
     cfg: Any
     run: Path
     device: torch.device
-    resume: dict | None  # the last.pth of a resumed run (None for a new run or one killed before its first save)
+    resume: (
+        dict | None
+    )  # the last.pth of a resumed run (None for a new run or one killed before its first save)
 
 
 def _conflicts(overrides: dict, stored: dict, prefix: str = "") -> list[str]:
@@ -55,13 +57,17 @@ def start_run(config: str, overrides: list[str], kind: str) -> RunSetup:
         stored = from_dict(read_yaml(stored_path), kind)
         bad = _conflicts(check_layer(parse_overrides(overrides), KINDS[kind]), to_dict(stored))
         if bad:
-            raise ConfigError(f"resuming {run.name} uses its stored config; conflicting overrides: {', '.join(bad)}")
+            raise ConfigError(
+                f"resuming {run.name} uses its stored config; conflicting overrides: {', '.join(bad)}"
+            )
         if D.is_main():
             print(f"== resuming run {run}: using its stored config.yaml; the config file given is ignored ==")
         cfg = stored
         resume = load_resume_state(run)
         if resume is None and D.is_main():
-            print(f"== {run.name} has no last.pth yet (killed before its first epoch ended): starting it afresh ==")
+            print(
+                f"== {run.name} has no last.pth yet (killed before its first epoch ended): starting it afresh =="
+            )
     else:
         run = Path(D.broadcast_object(str(new_run_dir(cfg.save_dir)) if D.is_main() else None))
         if D.is_main():

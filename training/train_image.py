@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from config.errors import CheckpointError, ConfigError, run_cli
 from data.catalog import get_dataset_info
 from data.frames import ensure_dataset, read_split
@@ -31,13 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def init_from_pretrained(model, name: str, save_dir: str) -> None:  # noqa: ANN001
+def init_from_pretrained(model: torch.nn.Module, name: str, save_dir: str) -> None:
     """``pretrained_checkpoint``: load weights only; classifier keys are dropped only if the class count differs."""
     state, source = weights_for_init(name, save_dir)
     own = model.state_dict()
     shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if any("classifier" not in k for k in shape_mismatch):
-        raise CheckpointError(f"{source}: weights do not fit this model (shapes differ for {shape_mismatch[:4]})")
+        raise CheckpointError(
+            f"{source}: weights do not fit this model (shapes differ for {shape_mismatch[:4]})"
+        )
     state = {k: v for k, v in state.items() if k not in shape_mismatch}
     missing, unexpected = model.load_state_dict(state, strict=False)
     print(f"== initialised from {source}: {len(state)} tensors; "
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"== no_training: wrote the untrained model to {run / 'last.pth'}")
         return run
     if dcfg.soft_labels or dcfg.logit_distillation or dcfg.labeled_frames_per_vid is not None:
-        raise ConfigError("data_cfg: soft_labels / logit_distillation / labeled_frames_per_vid are not supported yet")
+        raise ConfigError(
+            "data_cfg: soft_labels / logit_distillation / labeled_frames_per_vid are not supported yet"
+        )
 
     with D.main_first():
         root = ensure_dataset(dcfg.dataset, dcfg.path, size, dcfg.generate_if_missing)
@@ -74,9 +80,13 @@ def main(argv: list[str] | None = None) -> Path:
     augment = ImageTrainAugment(square_crop=dcfg.square_crop) if dcfg.data_augmentation else None
     train_set = LabelledFrames(train_clips, info, size, train=True, augment=augment, square_crop=dcfg.square_crop,
                                skip=dcfg.train_skip_frames, seed=tcfg.seed)  # fmt: skip
-    val_set = LabelledFrames(val_clips, info, size, train=False, square_crop=dcfg.square_crop, skip=dcfg.val_skip_frames)
+    val_set = LabelledFrames(
+        val_clips, info, size, train=False, square_crop=dcfg.square_crop, skip=dcfg.val_skip_frames
+    )
     if D.is_main():
-        print(f"== {info.name} at {root}: {len(train_set)} training samples, {len(val_set)} validation samples")
+        print(
+            f"== {info.name} at {root}: {len(train_set)} training samples, {len(val_set)} validation samples"
+        )
 
     loss_fn = build_segmentation_loss(cfg.loss_cfg, info.num_classes).to(device)
     dtype = amp_dtype(tcfg.amp, device)

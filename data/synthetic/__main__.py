@@ -12,6 +12,23 @@ from data.synthetic import io
 from data.synthetic.generate import generate, same_params
 from data.synthetic.params import GENERATOR_VERSION, SyntheticParams
 
+# (flag, SyntheticParams field, help); the default shown comes from SyntheticParams.
+_INT_OPTIONS = (
+    ("--seed", "seed", "random seed"),
+    ("--height", "height", "frame height in px; use multiples of 32 for Hiera"),
+    ("--width", "width", "frame width in px; use multiples of 32 for Hiera"),
+    ("--train-videos", "train_videos", "training videos, one world each"),
+    ("--val-videos", "val_videos", "validation videos, one world each"),
+    ("--clips-per-video", "clips_per_video", "consecutive clips cut from each flight"),
+    (
+        "--val-clips-per-video",
+        "val_clips_per_video",
+        "clips per validation flight (default: --clips-per-video)",
+    ),
+    ("--train-clip-len", "train_clip_len", "frames per train clip; only the last is labelled"),
+    ("--val-clip-len", "val_clip_len", "frames per val clip; all are labelled"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     d = SyntheticParams()
@@ -24,55 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, required=True, help="dataset folder to create (e.g. datasets/synthetic)"
     )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    p.add_argument(
-        "--height",
-        type=int,
-        default=d.height,
-        help=f"frame height in px; use multiples of 32 for Hiera (default {d.height})",
-    )
-    p.add_argument(
-        "--width",
-        type=int,
-        default=d.width,
-        help=f"frame width in px; use multiples of 32 for Hiera (default {d.width})",
-    )
-    p.add_argument(
-        "--train-videos",
-        type=int,
-        default=d.train_videos,
-        help=f"training videos, one world each (default {d.train_videos})",
-    )
-    p.add_argument(
-        "--val-videos",
-        type=int,
-        default=d.val_videos,
-        help=f"validation videos, one world each (default {d.val_videos})",
-    )
-    p.add_argument(
-        "--clips-per-video",
-        type=int,
-        default=d.clips_per_video,
-        help=f"consecutive clips cut from each flight (default {d.clips_per_video})",
-    )
-    p.add_argument(
-        "--val-clips-per-video",
-        type=int,
-        default=None,
-        help="clips per validation flight, if it should differ from --clips-per-video",
-    )
-    p.add_argument(
-        "--train-clip-len",
-        type=int,
-        default=d.train_clip_len,
-        help=f"frames per train clip; only the last is labelled (default {d.train_clip_len})",
-    )
-    p.add_argument(
-        "--val-clip-len",
-        type=int,
-        default=d.val_clip_len,
-        help=f"frames per val clip; all are labelled (default {d.val_clip_len})",
-    )
+    for flag, name, text in _INT_OPTIONS:
+        default = getattr(d, name)
+        p.add_argument(flag, dest=name, type=int, default=default,
+                       help=text if default is None else f"{text} (default {default})")  # fmt: skip
     p.add_argument(
         "--workers", type=int, default=2, help="worker processes; does not change the output (default 2)"
     )
@@ -84,12 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     params = dataclasses.replace(
-        SyntheticParams(),
-        seed=args.seed, height=args.height, width=args.width, train_videos=args.train_videos,
-        val_videos=args.val_videos, clips_per_video=args.clips_per_video,
-        val_clips_per_video=args.val_clips_per_video, train_clip_len=args.train_clip_len,
-        val_clip_len=args.val_clip_len,
-    )  # fmt: skip
+        SyntheticParams(), **{name: getattr(args, name) for _, name, _ in _INT_OPTIONS}
+    )
     params.validate()
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")

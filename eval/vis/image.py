@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits-dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--logits-size", default="eval", metavar="eval|HxW",
                    help="'eval' keeps the model input size; HxW resizes (e.g. 736x1280 for a student)")  # fmt: skip
-    p.add_argument("--logits-stride", type=int, default=1, help="extra downsampling of saved logits (avg-pool)")
+    p.add_argument(
+        "--logits-stride", type=int, default=1, help="extra downsampling of saved logits (avg-pool)"
+    )
     p.add_argument("--logits-format", default="npz", choices=["npz", "npy"], help="npz = compressed")
     p.add_argument("--best-model", action="store_true", help="load best.pth instead of last.pth")
     p.add_argument("--tta", default="none", choices=["none", "flip", "multiscale", "flip+multiscale"],
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, size, cfg.data_cfg.generate_if_missing)
     clips = read_split(root, args.split, info)
     stream = FrameStream(clips, info, size, args.skip_frames)
-    loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.num_workers, worker_init_fn=worker_init)
+    loader = DataLoader(
+        stream, batch_size=args.batch_size, num_workers=args.num_workers, worker_init_fn=worker_init
+    )
     amp = torch.bfloat16 if device.type == "cuda" else None
 
     out = run / "results" / args.split
@@ -111,7 +115,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                                      _logits_size(args.logits_size), args.logits_stride, args.logits_format)  # fmt: skip
     cm = ConfusionMatrix(info.num_classes, device)
     n_labelled = 0
-    for batch in tqdm(loader, desc=f"{run.name} {args.split}", dynamic_ncols=True, disable=not sys.stderr.isatty()):
+    for batch in tqdm(
+        loader, desc=f"{run.name} {args.split}", dynamic_ncols=True, disable=not sys.stderr.isatty()
+    ):
         logits = predict_tta(model, batch["image"].to(device), args.tta, model.backbone.input_multiple, amp)
         pred = logits.argmax(1)
         if args.evaluation:

@@ -126,5 +126,7 @@ def format_table(title: str, miou: dict, class_names: tuple[str, ...] | list[str
 
     lines = [title, f"  {'class':<14} IoU %"]
     lines += [f"  {n:<14}{f(miou['per_class'][n])}" for n in class_names]
-    lines.append(f"  {'mIoU':<14}{f(miou['miou'])}   (pixel acc {f(miou['pixel_acc'])}, mIoU zero-mode {f(miou['miou_zero'])})")
+    lines.append(
+        f"  {'mIoU':<14}{f(miou['miou'])}   (pixel acc {f(miou['pixel_acc'])}, mIoU zero-mode {f(miou['miou_zero'])})"
+    )
     return "\n".join(lines)

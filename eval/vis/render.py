@@ -26,11 +26,15 @@ def panel(images: list[np.ndarray], titles: list[str] | None = None, gap: int = 
     for i, img in enumerate(images):
         img = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
         if img.shape[0] != h:
-            img = cv2.resize(img, (round(img.shape[1] * h / img.shape[0]), h), interpolation=cv2.INTER_NEAREST)
+            img = cv2.resize(
+                img, (round(img.shape[1] * h / img.shape[0]), h), interpolation=cv2.INTER_NEAREST
+            )
         if titles:
             strip = np.full((max(14, h // 12), img.shape[1], 3), 255, np.uint8)
             scale = strip.shape[0] / 30
-            cv2.putText(strip, titles[i], (2, strip.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
+            cv2.putText(
+                strip, titles[i], (2, strip.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1
+            )
             img = np.concatenate([strip, img], axis=0)
         parts.append(img)
         if i < len(images) - 1:

@@ -58,12 +58,18 @@ def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
     [
         ("training_cfg:\n  batch_size: four\n", r"training_cfg\.batch_size: expected an integer, got 'four'"),
         ("training_cfg:\n  batch_size: 2.5\n", r"training_cfg\.batch_size: expected an integer"),
-        ("optim_cfg:\n  scheduler: cosin\n", r"optim_cfg\.scheduler: 'cosin' is not one of .*did you mean 'cosine'"),
+        (
+            "optim_cfg:\n  scheduler: cosin\n",
+            r"optim_cfg\.scheduler: 'cosin' is not one of .*did you mean 'cosine'",
+        ),
         ("data_cfg:\n  crop_size: [64]\n", r"data_cfg\.crop_size: expected 2 values, got 1"),
         ("training_cfg:\n  lr: -1.0\n", r"training_cfg\.lr: must be at least 0"),
         ("data_cfg: 3\n", r"data_cfg: expected a section"),
         ("training_cfg:\n  lr: 0.1\n  lr: 0.2\n", r"key 'lr' is written twice"),
-        ("training_cfg:\n  early_stopping: 2\n  epochs_to_run: 3\n", r"epochs_to_run or early_stopping, not both"),
+        (
+            "training_cfg:\n  early_stopping: 2\n  epochs_to_run: 3\n",
+            r"epochs_to_run or early_stopping, not both",
+        ),
         ("data_cfg: [1, 2\n", r"not valid YAML"),
         ("- a\n- b\n", r"top level must be a mapping"),
     ],
@@ -87,9 +93,13 @@ def test_one_level_of_base_only(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_after_the_file_and_are_checked() -> None:
-    cfg = load("base_uavid", overrides=["training_cfg.lr=1e-3", "data_cfg.crop_size=[64, 96]", "data_cfg.path=null"])
+    cfg = load(
+        "base_uavid", overrides=["training_cfg.lr=1e-3", "data_cfg.crop_size=[64, 96]", "data_cfg.path=null"]
+    )
     assert cfg.training_cfg.lr == pytest.approx(1e-3) and cfg.data_cfg.crop_size == [64, 96]
-    with pytest.raises(ConfigError, match=r"command line: training_cfg\.lrr: unknown key \(did you mean 'lr'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"command line: training_cfg\.lrr: unknown key \(did you mean 'lr'\?\)"
+    ):
         load("base_uavid", overrides=["training_cfg.lrr=1"])
     with pytest.raises(ConfigError, match="expected key.path=value"):
         parse_overrides(["training_cfg.lr"])

@@ -48,13 +48,18 @@ def test_raw_to_train_ids_and_back() -> None:
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"dataset folder .*nope not found: prepare it with `bash process_dataset.sh --only uavid`"):
+    with pytest.raises(
+        DataError,
+        match=r"dataset folder .*nope not found: prepare it with `bash process_dataset.sh --only uavid`",
+    ):
         ensure_dataset("uavid", str(tmp_path / "nope"), (64, 64))
 
 
 def test_missing_split_and_test_split(tmp_path: Path) -> None:
     make_dataset(tmp_path, {"a": (2, [1])})
-    with pytest.raises(DataError, match=r"test\.txt not found \(the preparation writes train\.txt and val\.txt only\)"):
+    with pytest.raises(
+        DataError, match=r"test\.txt not found \(the preparation writes train\.txt and val\.txt only\)"
+    ):
         read_split(tmp_path, "test", UAVID)
 
 

@@ -29,8 +29,20 @@ from data.transforms import (
 
 H, W, K = 96, 160, 8
 # colour per class id 0..7; index 8 (grey) = ignore (255)
-PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
-                    [0, 255, 255], [255, 255, 255], [128, 128, 128]], dtype=np.uint8)
+PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [255, 255, 0],
+        [255, 0, 255],
+        [0, 255, 255],
+        [255, 255, 255],
+        [128, 128, 128],
+    ],
+    dtype=np.uint8,
+)
 
 # geometry-only configurations (photometric/noise off) with the geometric ops forced on
 GEOMETRIC = {
@@ -50,7 +62,7 @@ def block_labels(seed: int, h: int = H, w: int = W, block: int = 12, ignore: boo
     small = rng.integers(0, K, (h // block + 1, w // block + 1), dtype=np.uint8)
     lbl = np.kron(small, np.ones((block, block), np.uint8))[:h, :w].copy()
     if ignore:
-        lbl[block:2 * block, block:3 * block] = 255
+        lbl[block : 2 * block, block : 3 * block] = 255
     return lbl
 
 
@@ -86,12 +98,22 @@ def make_clip(t: int = 2, seed: int = 0, soft: bool = True) -> ClipSample:
 
 def same(a: ClipSample, b: ClipSample) -> bool:
     def eq(x, y):
-        return (x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
-                                             and x.dtype == y.dtype and np.array_equal(x, y))
+        return (x is None and y is None) or (
+            x is not None
+            and y is not None
+            and x.shape == y.shape
+            and x.dtype == y.dtype
+            and np.array_equal(x, y)
+        )
+
     soft_a, soft_b = a.soft or [], b.soft or []
-    return (len(a.frames) == len(b.frames) and all(map(eq, a.frames, b.frames))
-            and all(map(eq, a.labels, b.labels)) and (a.soft is None) == (b.soft is None)
-            and all(map(eq, soft_a, soft_b)))
+    return (
+        len(a.frames) == len(b.frames)
+        and all(map(eq, a.frames, b.frames))
+        and all(map(eq, a.labels, b.labels))
+        and (a.soft is None) == (b.soft is None)
+        and all(map(eq, soft_a, soft_b))
+    )
 
 
 @pytest.mark.parametrize("kind", ["video", "image"])
@@ -149,8 +171,12 @@ def test_label_frame_alignment_subpixel(kind):
     for seed in range(10):
         out = aug(ClipSample([frame, frame], [xs, ys]), np.random.default_rng(seed))
         for ch, lb in ((0, out.labels[0]), (1, out.labels[1])):
-            valid = cv2.erode((lb != 255).astype(np.uint8), np.ones((3, 3), np.uint8),
-                              borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+            valid = cv2.erode(
+                (lb != 255).astype(np.uint8),
+                np.ones((3, 3), np.uint8),
+                borderType=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            ).astype(bool)
             d = np.abs(out.frames[0][..., ch].astype(int) - lb.astype(int))[valid]
             assert valid.mean() > 0.5
             assert d.max() <= 1 and (d > 0).mean() < 0.05, (seed, d.max(), (d > 0).mean())
@@ -243,9 +269,9 @@ def test_square_crop_is_a_window_of_the_input():
         out = aug(clip, np.random.default_rng(seed))
         assert out.frames[0].shape == (H, H, 3) and out.labels[1].shape == (H, H)
         assert out.soft[0].shape == (K, H, H)
-        ox = [x for x in range(W - H + 1) if np.array_equal(clip.frames[0][:, x:x + H], out.frames[0])]
-        assert ox and np.array_equal(clip.labels[1][:, ox[0]:ox[0] + H], out.labels[1])
-        assert np.array_equal(clip.soft[0][:, :, ox[0]:ox[0] + H], out.soft[0])
+        ox = [x for x in range(W - H + 1) if np.array_equal(clip.frames[0][:, x : x + H], out.frames[0])]
+        assert ox and np.array_equal(clip.labels[1][:, ox[0] : ox[0] + H], out.labels[1])
+        assert np.array_equal(clip.soft[0][:, :, ox[0] : ox[0] + H], out.soft[0])
         offsets.add(ox[0])
     assert len(offsets) > 3
 
@@ -255,9 +281,9 @@ def test_center_square_crop():
     out = center_square_crop(clip)
     x0 = (W - H) // 2
     for i in range(2):
-        assert np.array_equal(out.frames[i], clip.frames[i][:, x0:x0 + H])
-        assert np.array_equal(out.labels[i], clip.labels[i][:, x0:x0 + H])
-        assert np.array_equal(out.soft[i], clip.soft[i][:, :, x0:x0 + H])
+        assert np.array_equal(out.frames[i], clip.frames[i][:, x0 : x0 + H])
+        assert np.array_equal(out.labels[i], clip.labels[i][:, x0 : x0 + H])
+        assert np.array_equal(out.soft[i], clip.soft[i][:, :, x0 : x0 + H])
 
 
 def test_flip_is_exact():
@@ -309,8 +335,18 @@ def test_photometric_touches_frames_only_and_is_shared():
         changed += int(not np.array_equal(out.frames[0], clip.frames[0]))
     assert changed >= 4
     # neutral parameters leave frames untouched (no lossy HSV round trip)
-    neutral = VideoTrainAugment(False, p_flip=0.0, p_scale=0.0, p_photometric=1.0, contrast=0.0,
-                                brightness=0.0, hue=0.0, sat=0.0, val=0.0, gamma=(1.0, 1.0))
+    neutral = VideoTrainAugment(
+        False,
+        p_flip=0.0,
+        p_scale=0.0,
+        p_photometric=1.0,
+        contrast=0.0,
+        brightness=0.0,
+        hue=0.0,
+        sat=0.0,
+        val=0.0,
+        gamma=(1.0, 1.0),
+    )
     assert same(neutral(clip, np.random.default_rng(0)), clip)
 
 
@@ -334,7 +370,9 @@ def test_hsv_and_tone_units():
     assert (_hsv_op(0.0, 0.0, -20.0)(red, None) == (235, 0, 0)).all()
     lut = _tone_lut(contrast=1.2, brightness=0.1)  # contrast about mid-grey, brightness x 255
     assert lut[128] == round((128 - 127.5) * 1.2 + 127.5 + 25.5) and lut[0] == 0 and lut[255] == 255
-    assert (_tone_lut(gamma=1.2) <= np.arange(256)).all() and _tone_lut(gamma=1.0).tolist() == list(range(256))
+    assert (_tone_lut(gamma=1.2) <= np.arange(256)).all() and _tone_lut(gamma=1.0).tolist() == list(
+        range(256)
+    )
 
 
 def test_noise_is_per_frame_but_jpeg_is_deterministic():

@@ -27,7 +27,11 @@ def test_hand_computed_example() -> None:
 
 def test_ignore_and_extra_mask() -> None:
     cm = ConfusionMatrix(2)
-    cm.update(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 255, 1, 1]), valid=torch.tensor([True, True, True, False]))
+    cm.update(
+        torch.tensor([0, 1, 1, 0]),
+        torch.tensor([0, 255, 1, 1]),
+        valid=torch.tensor([True, True, True, False]),
+    )
     assert cm.mat.tolist() == [[1, 0], [0, 1]]
 
 

@@ -31,7 +31,9 @@ def trained_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) 
     ])  # fmt: skip
 
 
-def test_metrics_match_the_confusion_matrix_and_outputs_exist(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+def test_metrics_match_the_confusion_matrix_and_outputs_exist(
+    trained_run: Path, capsys: pytest.CaptureFixture
+) -> None:
     metrics = vis_image.main([str(trained_run), "--num-workers", "0"])
     out_dir = trained_run / "results" / "val"
     stored = json.loads((out_dir / "metrics.json").read_text())
@@ -49,7 +51,10 @@ def test_metrics_match_the_confusion_matrix_and_outputs_exist(trained_run: Path,
     assert len(pngs) == 10
     raw = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint8 and raw.min() >= 1 and raw.max() <= 8  # class id + 1 (reference convention)
-    assert len(list((out_dir / "overlay").rglob("*.png"))) == 10 and len(list((out_dir / "video").glob("*.gif"))) == 2
+    assert (
+        len(list((out_dir / "overlay").rglob("*.png"))) == 10
+        and len(list((out_dir / "video").glob("*.gif"))) == 2
+    )
 
 
 def test_best_model_flag(trained_run: Path) -> None:
@@ -57,7 +62,9 @@ def test_best_model_flag(trained_run: Path) -> None:
     assert metrics["checkpoint"].endswith("best.pth")
 
 
-@pytest.mark.parametrize(("evaluation", "write_res", "save_logits"), list(itertools.product([True, False], repeat=3)))
+@pytest.mark.parametrize(
+    ("evaluation", "write_res", "save_logits"), list(itertools.product([True, False], repeat=3))
+)
 def test_every_flag_combination_works(trained_run: Path, tmp_path: Path, evaluation: bool, write_res: bool,
                                       save_logits: bool) -> None:  # fmt: skip
     run = tmp_path / trained_run.name

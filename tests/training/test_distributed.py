@@ -19,7 +19,9 @@ from models.runs import load_image_model
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_torchrun_two_processes_match_one(tiny_overrides: list[str], tiny_synthetic: Path, tmp_path: Path) -> None:
+def test_torchrun_two_processes_match_one(
+    tiny_overrides: list[str], tiny_synthetic: Path, tmp_path: Path
+) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.train_image", "base_synthetic", *tiny_overrides, "training_cfg.batch_size=2",
            "training_cfg.vis_samples=0"]  # fmt: skip
@@ -37,5 +39,5 @@ def test_torchrun_two_processes_match_one(tiny_overrides: list[str], tiny_synthe
     val = LabelledFrames(read_split(tiny_synthetic, "val", SYNTHETIC), SYNTHETIC, (64, 96), train=False)
     one_process, _ = validate(model, val, SYNTHETIC, torch.device("cpu"), batch_size=3)
     assert one_process.mat.tolist() == two_process_cm
-    labelled = sum(int((v['label'] != 255).sum()) for v in val)
+    labelled = sum(int((v["label"] != 255).sum()) for v in val)
     assert sum(map(sum, two_process_cm)) == labelled  # every labelled val pixel counted exactly once

@@ -37,7 +37,9 @@ def test_trains_and_writes_a_complete_run(tiny_overrides: list[str]) -> None:
     assert "optimizer" not in best
 
 
-def test_resume_finished_run_is_not_an_error(tiny_overrides: list[str], capsys: pytest.CaptureFixture) -> None:
+def test_resume_finished_run_is_not_an_error(
+    tiny_overrides: list[str], capsys: pytest.CaptureFixture
+) -> None:
     run = train_image.main(["base_synthetic", *tiny_overrides])
     before = (run / "last.pth").stat().st_mtime_ns
     again = train_image.main(["base_synthetic", f"resume_training={run}", *tiny_overrides])
@@ -54,7 +56,12 @@ def test_resume_rejects_conflicting_overrides(tiny_overrides: list[str]) -> None
 
 def test_resume_continues_an_interrupted_run(tiny_overrides: list[str]) -> None:
     """A run stopped after epoch 1 and resumed ends with exactly the weights of an uninterrupted run."""
-    common = ["base_synthetic", *tiny_overrides, "training_cfg.num_epochs=3", "training_cfg.max_steps_per_epoch=1"]
+    common = [
+        "base_synthetic",
+        *tiny_overrides,
+        "training_cfg.num_epochs=3",
+        "training_cfg.max_steps_per_epoch=1",
+    ]
     reference = train_image.main([*common, "training_cfg.epochs_to_run=3"])
     stopped = train_image.main([*common, "training_cfg.epochs_to_run=1"])
     # As if it had been killed after epoch 1: its stored config asks for all 3 epochs.
@@ -71,7 +78,12 @@ def test_resume_continues_an_interrupted_run(tiny_overrides: list[str]) -> None:
 
 def test_killed_run_resumes_to_a_finished_run_with_best(tiny_overrides: list[str]) -> None:
     """SIGKILL train_image during an epoch, then resume: the run finishes and has best.pth."""
-    args = ["base_synthetic", *tiny_overrides, "training_cfg.num_epochs=40", "training_cfg.max_steps_per_epoch=2"]
+    args = [
+        "base_synthetic",
+        *tiny_overrides,
+        "training_cfg.num_epochs=40",
+        "training_cfg.max_steps_per_epoch=2",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "training.train_image", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -94,10 +106,14 @@ def test_killed_run_resumes_to_a_finished_run_with_best(tiny_overrides: list[str
     final = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
     assert final["epoch"] == 40 and final["finished"]
     assert (run / "best.pth").is_file()
-    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == list(range(1, 41))
+    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == list(
+        range(1, 41)
+    )
 
 
-def test_pretrained_checkpoint_loads_weights_only(tiny_overrides: list[str], capsys: pytest.CaptureFixture) -> None:
+def test_pretrained_checkpoint_loads_weights_only(
+    tiny_overrides: list[str], capsys: pytest.CaptureFixture
+) -> None:
     first = train_image.main(["base_synthetic", *tiny_overrides])
     second = train_image.main(["base_synthetic", *tiny_overrides, f"pretrained_checkpoint={first}",
                                "training_cfg.epochs_to_run=0"])  # fmt: skip
@@ -113,8 +129,12 @@ def test_no_training_writes_an_epoch_zero_checkpoint(tiny_overrides: list[str]) 
 
 
 def test_missing_dataset_is_a_data_error(tiny_overrides: list[str], tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="dataset folder .* not found: prepare it with `bash process_dataset.sh"):
-        train_image.main(["base_synthetic", *tiny_overrides, "data_cfg.dataset=uavid", f"data_cfg.path={tmp_path / 'x'}"])
+    with pytest.raises(
+        DataError, match="dataset folder .* not found: prepare it with `bash process_dataset.sh"
+    ):
+        train_image.main(
+            ["base_synthetic", *tiny_overrides, "data_cfg.dataset=uavid", f"data_cfg.path={tmp_path / 'x'}"]
+        )
 
 
 def test_missing_sam2_weights_is_a_checkpoint_error(tiny_overrides: list[str], tmp_path: Path) -> None:
@@ -129,4 +149,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path) -> None:
                            f"data_cfg.path={tmp_path / 'none'}", f"save_dir={tmp_path}"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("data error: dataset folder") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("data error: dataset folder")
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
