@@ -20,7 +20,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -28,13 +28,24 @@ import numpy as np
 import torch
 
 from data.catalog import IGNORE_INDEX
+from data.photometric import (
+    FrameOp,
+    clahe_op,
+    gauss_op,
+    hsv_op,
+    iso_op,
+    jpeg_op,
+    lut_op,
+    sharpen_op,
+    tone_lut,
+    uniform,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0-1 scale
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VIDEO_SCALES = (1.10, 1.15, 1.20, 1.25, 1.30, 1.35, 1.40)
 
 _TORCH_DTYPE = {np.float32: torch.float32, np.float16: torch.float16}
-FrameOp = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # (H,W,3) uint8 -> (H,W,3) uint8
 
 
 @dataclass
@@ -215,118 +226,8 @@ def center_square_crop(sample: ClipSample) -> ClipSample:
     return _apply_geometry(sample, _translate(-((w - side) // 2), -((h - side) // 2)), (side, side))
 
 
-# ----------------------------------------------------------------------------------- photometric / noise
-def _tone_lut(contrast: float = 1.0, brightness: float = 0.0, gamma: float = 1.0) -> np.ndarray:
-    """256-entry uint8 LUT: contrast about mid-grey, + brightness * 255, clip, then gamma (255 (x/255)^g)."""
-    y = np.clip((np.arange(256.0) - 127.5) * contrast + 127.5 + 255.0 * brightness, 0.0, 255.0)
-    y = 255.0 * (y / 255.0) ** gamma
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
-
-
-def _lut_op(lut: np.ndarray) -> FrameOp:
-    return lambda img, rng: cv2.LUT(img, lut)
-
-
-def _hsv_op(dh: float, ds: float, dv: float) -> FrameOp:
-    """Shift hue by ``dh`` OpenCV 8-bit hue units (0-179, 1 unit = 2 degrees, wraps), saturation and value by
-    ``ds``/``dv`` on the 0-255 scale (clipped)."""
-    if round(dh) == round(ds) == round(dv) == 0:  # identity: skip the lossy uint8 HSV round trip
-        return lambda img, rng: img.copy()
-    x = np.arange(256.0)
-    lut = (
-        np.stack(
-            [
-                np.mod(np.rint(x + dh), 180),
-                np.clip(np.rint(x + ds), 0, 255),
-                np.clip(np.rint(x + dv), 0, 255),
-            ],
-            axis=-1,
-        )
-        .astype(np.uint8)
-        .reshape(256, 1, 3)
-    )
-    return lambda img, rng: cv2.cvtColor(
-        cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), lut), cv2.COLOR_HSV2RGB
-    )
-
-
-def _clahe_op(clip_limit: float, tiles: int) -> FrameOp:
-    """CLAHE on the L channel of CIE-Lab."""
-    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
-
-    def op(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
-        lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
-        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
-
-    return op
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    np.clip(x, 0.0, 255.0, out=x)
-    return np.rint(x, out=x).astype(np.uint8)
-
-
-def _gauss_op(std: float) -> FrameOp:
-    """Additive i.i.d. Gaussian noise, ``std`` in 0-255 levels, per pixel and channel, new noise per frame."""
-
-    def op(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        n = rng.standard_normal(img.shape, dtype=np.float32)
-        n *= std
-        n += img
-        return _to_uint8(n)
-
-    return op
-
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def _iso_op(color_shift: float, intensity: float) -> FrameOp:
-    """ISO-like sensor noise (own model, new noise per frame): luminance shot noise with std
-    ``25 * intensity * sqrt(Y/255)`` levels (Y = luma), plus luma-free chroma noise of std
-    ``128 * color_shift`` levels drawn at half resolution and upsampled (blotchy, like real chroma noise)."""
-
-    def op(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        h, w = img.shape[:2]
-        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        lum = rng.standard_normal((h, w), dtype=np.float32) * np.sqrt(gray * (625.0 * intensity**2 / 255.0))
-        c = rng.standard_normal(((h + 1) // 2, (w + 1) // 2, 3), dtype=np.float32) * (128.0 * color_shift)
-        c -= (c @ _LUMA)[..., None]
-        out = img.astype(np.float32)
-        out += lum[..., None]
-        out += cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR)
-        return _to_uint8(out)
-
-    return op
-
-
-def _jpeg_op(quality: int) -> FrameOp:
-    """JPEG encode/decode round trip at ``quality`` (0-100), in BGR order so that chroma is computed right."""
-
-    def op(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-    return op
-
-
-def _sharpen_op(amount: float) -> FrameOp:
-    """3x3 sharpening ``identity + amount * (8 identity - ones)`` (zero-sum high-pass keeps brightness)."""
-    k = -amount * np.ones((3, 3), np.float32)
-    k[1, 1] = 1.0 + 8.0 * amount
-    return lambda img, rng: cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT_101)
-
-
-def _map_frames(sample: ClipSample, op: FrameOp, rng: np.random.Generator) -> ClipSample:
+def map_frames(sample: ClipSample, op: FrameOp, rng: np.random.Generator) -> ClipSample:
     return ClipSample([op(f, rng) for f in sample.frames], sample.labels, sample.soft)
-
-
-def _uniform(rng: np.random.Generator, lo_hi: Sequence[float]) -> float:
-    return float(rng.uniform(lo_hi[0], lo_hi[1]))
 
 
 # --------------------------------------------------------------------------------------------- augments
@@ -379,11 +280,11 @@ class VideoTrainAugment:
             m = crop @ m
         out = _apply_geometry(sample, m, out_hw, frame_border=cv2.BORDER_REPLICATE)
         if rng.random() < self.p_photometric:
-            c = 1.0 + _uniform(rng, (-self.contrast, self.contrast))
-            b = _uniform(rng, (-self.brightness, self.brightness))
-            lut = _tone_lut(c, b, _uniform(rng, self.gamma))
-            hsv = _hsv_op(*(_uniform(rng, (-r, r)) for r in (self.hue, self.sat, self.val)))
-            out = _map_frames(out, lambda img, r: hsv(cv2.LUT(img, lut), r), rng)
+            c = 1.0 + uniform(rng, (-self.contrast, self.contrast))
+            b = uniform(rng, (-self.brightness, self.brightness))
+            lut = tone_lut(c, b, uniform(rng, self.gamma))
+            hsv = hsv_op(*(uniform(rng, (-r, r)) for r in (self.hue, self.sat, self.val)))
+            out = map_frames(out, lambda img, r: hsv(cv2.LUT(img, lut), r), rng)
         return out
 
 
@@ -401,7 +302,7 @@ class ImageTrainAugment:
        HSV shift hue/sat/val ``U(+-20)``/``U(+-30)``/``U(+-20)`` (units as in :class:`VideoTrainAugment`);
        gamma ``U(0.8, 1.2)``; CLAHE on Lab-L, clip limit ``U(1, 4)``, 8x8 tiles;
     5. with ``p_noise``, one of: ISO-like noise (colour shift ``U(0.01, 0.05)``, intensity ``U(0.1, 0.5)``,
-       see :func:`_iso_op`); Gaussian noise, variance ``U(10, 50)`` levels^2; JPEG, quality
+       see :func:`iso_op`); Gaussian noise, variance ``U(10, 50)`` levels^2; JPEG, quality
        ``randint(50, 95)``; sharpen, amount ``U(0.2, 0.5)``. Same parameters per clip; noise samples differ
        per frame.
 
@@ -428,15 +329,15 @@ class ImageTrainAugment:
 
     def _geometric(self, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         if rng.random() < 0.5:  # perspective: random inner quad -> full frame
-            sigma = _uniform(rng, self.perspective_scale)
+            sigma = uniform(rng, self.perspective_scale)
             d = np.minimum(np.abs(rng.normal(0.0, sigma, (4, 2))), 0.32) * (w, h)
             x0, y0, x1, y1 = -0.5, -0.5, w - 0.5, h - 0.5
             dst = np.float32([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
             src = dst + np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * d.astype(np.float32)
             return cv2.getPerspectiveTransform(src, dst).astype(np.float64)
-        a = np.deg2rad(_uniform(rng, (-self.rotate, self.rotate)))
-        s = 1.0 + _uniform(rng, (-self.scale, self.scale))
-        dx, dy = _uniform(rng, (-self.shift, self.shift)) * w, _uniform(rng, (-self.shift, self.shift)) * h
+        a = np.deg2rad(uniform(rng, (-self.rotate, self.rotate)))
+        s = 1.0 + uniform(rng, (-self.scale, self.scale))
+        dx, dy = uniform(rng, (-self.shift, self.shift)) * w, uniform(rng, (-self.shift, self.shift)) * h
         cx, cy = (w - 1) / 2, (h - 1) / 2
         rot = _mat(s * np.cos(a), -s * np.sin(a), 0, s * np.sin(a), s * np.cos(a), 0)
         return _translate(cx + dx, cy + dy) @ rot @ _translate(-cx, -cy)
@@ -444,23 +345,23 @@ class ImageTrainAugment:
     def _color(self, rng: np.random.Generator) -> FrameOp:
         kind = int(rng.integers(4))
         if kind == 0:
-            b, c = _uniform(rng, (-0.2, 0.2)), _uniform(rng, (0.8, 1.2))
-            return _lut_op(_tone_lut(contrast=c, brightness=b))
+            b, c = uniform(rng, (-0.2, 0.2)), uniform(rng, (0.8, 1.2))
+            return lut_op(tone_lut(contrast=c, brightness=b))
         if kind == 1:
-            return _hsv_op(_uniform(rng, (-20, 20)), _uniform(rng, (-30, 30)), _uniform(rng, (-20, 20)))
+            return hsv_op(uniform(rng, (-20, 20)), uniform(rng, (-30, 30)), uniform(rng, (-20, 20)))
         if kind == 2:
-            return _lut_op(_tone_lut(gamma=_uniform(rng, (0.8, 1.2))))
-        return _clahe_op(_uniform(rng, (1.0, 4.0)), 8)
+            return lut_op(tone_lut(gamma=uniform(rng, (0.8, 1.2))))
+        return clahe_op(uniform(rng, (1.0, 4.0)), 8)
 
     def _noise(self, rng: np.random.Generator) -> FrameOp:
         kind = int(rng.integers(4))
         if kind == 0:
-            return _iso_op(_uniform(rng, (0.01, 0.05)), _uniform(rng, (0.1, 0.5)))
+            return iso_op(uniform(rng, (0.01, 0.05)), uniform(rng, (0.1, 0.5)))
         if kind == 1:
-            return _gauss_op(float(np.sqrt(_uniform(rng, (10.0, 50.0)))))
+            return gauss_op(float(np.sqrt(uniform(rng, (10.0, 50.0)))))
         if kind == 2:
-            return _jpeg_op(int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
-        return _sharpen_op(_uniform(rng, (0.2, 0.5)))
+            return jpeg_op(int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
+        return sharpen_op(uniform(rng, (0.2, 0.5)))
 
     def __call__(self, sample: ClipSample, rng: np.random.Generator) -> ClipSample:
         h, w = sample.size()
@@ -474,9 +375,9 @@ class ImageTrainAugment:
             m = crop @ m
         out = _apply_geometry(sample, m, out_hw)
         if rng.random() < self.p_color:
-            out = _map_frames(out, self._color(rng), rng)
+            out = map_frames(out, self._color(rng), rng)
         if rng.random() < self.p_noise:
-            out = _map_frames(out, self._noise(rng), rng)
+            out = map_frames(out, self._noise(rng), rng)
         return out
 
 

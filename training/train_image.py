@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def init_from_pretrained(model: torch.nn.Module, name: str, save_dir: str) -> None:
+def load_pretrained_checkpoint(model: torch.nn.Module, name: str, save_dir: str) -> None:
     """``pretrained_checkpoint``: load weights only; classifier keys are dropped only if the class count differs."""
     state, source = weights_for_init(name, save_dir)
     own = model.state_dict()
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=setup.resume is None)
     model.check_input_size(*size)
     if cfg.pretrained_checkpoint and setup.resume is None:
-        init_from_pretrained(model, cfg.pretrained_checkpoint, cfg.save_dir)
+        load_pretrained_checkpoint(model, cfg.pretrained_checkpoint, cfg.save_dir)
     model.to(device)
     if cfg.no_training:
         if D.is_main():

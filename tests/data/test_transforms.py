@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from data.photometric import gauss_op, hsv_op, jpeg_op, tone_lut
 from data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClipSample,
     ImageTrainAugment,
     VideoTrainAugment,
-    _gauss_op,
-    _hsv_op,
-    _jpeg_op,
-    _tone_lut,
     center_square_crop,
     denormalize,
     resize_frame,
@@ -365,23 +362,21 @@ def test_hsv_and_tone_units():
     red = np.zeros((4, 4, 3), np.uint8)
     red[..., 0] = 255
     # hue in OpenCV 8-bit units (2 degrees each): +30 -> 60 degrees -> yellow
-    assert (_hsv_op(30.0, 0.0, 0.0)(red, None) == (255, 255, 0)).all()
+    assert (hsv_op(30.0, 0.0, 0.0)(red, None) == (255, 255, 0)).all()
     # value -20 on the 0-255 scale
-    assert (_hsv_op(0.0, 0.0, -20.0)(red, None) == (235, 0, 0)).all()
-    lut = _tone_lut(contrast=1.2, brightness=0.1)  # contrast about mid-grey, brightness x 255
+    assert (hsv_op(0.0, 0.0, -20.0)(red, None) == (235, 0, 0)).all()
+    lut = tone_lut(contrast=1.2, brightness=0.1)  # contrast about mid-grey, brightness x 255
     assert lut[128] == round((128 - 127.5) * 1.2 + 127.5 + 25.5) and lut[0] == 0 and lut[255] == 255
-    assert (_tone_lut(gamma=1.2) <= np.arange(256)).all() and _tone_lut(gamma=1.0).tolist() == list(
-        range(256)
-    )
+    assert (tone_lut(gamma=1.2) <= np.arange(256)).all() and tone_lut(gamma=1.0).tolist() == list(range(256))
 
 
 def test_noise_is_per_frame_but_jpeg_is_deterministic():
     img = paint(block_labels(13))
     rng = np.random.default_rng(0)
-    g = _gauss_op(5.0)
+    g = gauss_op(5.0)
     a, b = g(img, rng), g(img, rng)
     assert not np.array_equal(a, b) and 3.0 < np.std(a.astype(float) - img) < 7.0
-    j = _jpeg_op(60)
+    j = jpeg_op(60)
     assert np.array_equal(j(img, rng), j(img, rng))
 
 
