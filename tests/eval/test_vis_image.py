@@ -57,9 +57,19 @@ def test_metrics_match_the_confusion_matrix_and_outputs_exist(
     )
 
 
-def test_best_model_flag(trained_run: Path) -> None:
-    metrics = vis_image.main([str(trained_run), "--best-model", "--no-write-res", "--num-workers", "0"])
-    assert metrics["checkpoint"].endswith("best.pth")
+def test_best_model_flag_and_run_by_name(trained_run: Path) -> None:
+    metrics = vis_image.main(
+        [
+            trained_run.name,
+            "--save-dir",
+            str(trained_run.parent),
+            "--best-model",
+            "--no-write-res",
+            "--num-workers",
+            "0",
+        ]
+    )
+    assert metrics["checkpoint"] == str(trained_run / "best.pth")
 
 
 @pytest.mark.parametrize(
