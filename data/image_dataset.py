@@ -21,7 +21,14 @@ from torch.utils.data import Dataset
 
 from data.catalog import IGNORE_INDEX, DatasetInfo
 from data.frames import Clip, frame_sampling, read_frame, read_mask
-from data.transforms import ClipSample, center_square_crop, resize_frame, resize_label, to_tensor
+from data.transforms import (
+    ClipSample,
+    center_square_crop,
+    random_square_crop,
+    resize_frame,
+    resize_label,
+    to_tensor,
+)
 
 Augment = Callable[[ClipSample, np.random.Generator], ClipSample]
 
@@ -84,7 +91,7 @@ class LabelledFrames(Dataset):
         if self.train and self.augment is not None:
             sample = self.augment(sample, np.random.default_rng((self.seed, self.epoch, idx)))
         elif self.train and self.square_crop:
-            sample = self.augment_square_crop(sample, np.random.default_rng((self.seed, self.epoch, idx)))
+            sample = random_square_crop(sample, np.random.default_rng((self.seed, self.epoch, idx)))
         elif self.square_crop:
             sample = center_square_crop(sample)
         return {
@@ -93,17 +100,6 @@ class LabelledFrames(Dataset):
             "clip": clip.name,
             "frame": clip.frames[ref.index].stem,
         }
-
-    @staticmethod
-    def augment_square_crop(sample: ClipSample, rng: np.random.Generator) -> ClipSample:
-        """Random H x H crop without other augmentation (``square_crop`` with ``data_augmentation: false``)."""
-        h, w = sample.frames[0].shape[:2]
-        x0 = int(rng.integers(0, w - h + 1)) if w > h else 0
-        crop = slice(x0, x0 + min(h, w))
-        return ClipSample(
-            frames=[f[:, crop] for f in sample.frames],
-            labels=[None if lb is None else lb[:, crop] for lb in sample.labels],
-        )
 
 
 class FrameStream(Dataset):

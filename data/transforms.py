@@ -226,6 +226,13 @@ def center_square_crop(sample: ClipSample) -> ClipSample:
     return _apply_geometry(sample, _translate(-((w - side) // 2), -((h - side) // 2)), (side, side))
 
 
+def random_square_crop(sample: ClipSample, rng: np.random.Generator) -> ClipSample:
+    """Random ``S x S`` crop, ``S = min(H, W)``, the same window for every frame (``square_crop`` without
+    other augmentation)."""
+    m, out_hw = _random_square(*sample.size(), rng)
+    return _apply_geometry(sample, m, out_hw)
+
+
 def map_frames(sample: ClipSample, op: FrameOp, rng: np.random.Generator) -> ClipSample:
     return ClipSample([op(f, rng) for f in sample.frames], sample.labels, sample.soft)
 

@@ -18,6 +18,7 @@ from data.transforms import (
     VideoTrainAugment,
     center_square_crop,
     denormalize,
+    random_square_crop,
     resize_frame,
     resize_label,
     resize_soft,
@@ -271,6 +272,19 @@ def test_square_crop_is_a_window_of_the_input():
         assert np.array_equal(clip.soft[0][:, :, ox[0] : ox[0] + H], out.soft[0])
         offsets.add(ox[0])
     assert len(offsets) > 3
+
+
+def test_random_square_crop_is_one_window_for_the_clip():
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (20, 32, 3), dtype=np.uint8)] * 2
+    labels = [rng.integers(0, K, (20, 32), dtype=np.uint8)] * 2
+    out = random_square_crop(ClipSample(frames, labels), np.random.default_rng(5))
+    assert out.frames[0].shape == (20, 20, 3) and out.labels[0].shape == (20, 20)
+    assert np.array_equal(out.frames[0], out.frames[1]) and np.array_equal(out.labels[0], out.labels[1])
+    x0 = next(
+        x for x in range(13) if np.array_equal(frames[0][:, x : x + 20], out.frames[0])
+    )  # a window of the input
+    assert np.array_equal(labels[0][:, x0 : x0 + 20], out.labels[0])
 
 
 def test_center_square_crop():
