@@ -62,6 +62,16 @@ class DataCfg:
     generate_if_missing: bool = opt(
         True, "synthetic only: generate the dataset at crop_size when it is missing"
     )
+    adjacent_frames: list[int] = opt(
+        [-1], "video: offsets of the frames fed with the current one (SSP: [-1]); never wrap around a clip"
+    )
+    edge_policy: Literal["drop", "repeat_first"] = opt(
+        "drop", "video: a sample whose adjacent frame falls outside its clip is dropped, or uses the edge frame"
+    )
+    opencv_homos: bool = opt(
+        False,
+        "video: estimate homographies in the data loader (CPU) instead of in the model; gt always uses the loader",
+    )
 
 
 @dataclass
@@ -170,6 +180,101 @@ class LossCfg:
 
 
 @dataclass
+class ImageModelCfg:
+    """`image_model_cfg`: the trained image run a video model starts from (video configs only)."""
+
+    image_save_dir: str = opt("checkpoints", "folder holding the image run")
+    checkpoint_folder: str = opt("", "optional sub-folder of image_save_dir")
+    checkpoint_name: str = opt("", "image run name or path (a trained run, or an untrained_* run); required")
+    best_model: bool = opt(False, "start from the run's best.pth instead of last.pth")
+
+
+@dataclass
+class RegistrationCfg:
+    """`video_model_cfg.registration`: settings of the homography provider (``ssp.md`` §3.2)."""
+
+    max_keypoints: int = opt(2048, "keypoints per frame (disk: 2048; sift/orb/akaze detector limit)", min=4)
+    ratio: float = opt(0.8, "Lowe ratio test for nearest-neighbour matches (OpenCV providers)", min=0)
+    estimator: Literal["ransac", "usac_magsac"] = opt("ransac", "robust fit of the homography (OpenCV providers)")
+    threshold: float = opt(
+        2.5, "inlier threshold: pixels for OpenCV; squared transfer error for disk (kornia semantics)", min=0
+    )
+    min_matches: int = opt(4, "fewer matches than this falls back to the identity (counted, reported)", min=4)
+    input_norm: Literal["rgb01", "imagenet"] = opt(
+        "rgb01", "what disk sees: RGB in [0,1] (correct) or ImageNet-normalised frames (reference defect)"
+    )
+    disk_weights: str = opt("base_checkpoints/depth-save.pth", "local DISK 'depth' weights (disk only)")
+    lightglue_weights: str = opt(
+        "base_checkpoints/disk_lightglue_v0-1_arxiv.pth", "local LightGlue-for-DISK weights (disk only)"
+    )
+    cache: bool = opt(True, "cache homographies of unaugmented frame pairs on disk (evaluation)")
+    cache_dir: str = opt("datasets/.cache", "root of the registration and flow caches")
+    scaling: Literal["reference", "centered"] = opt(
+        "reference", "homography at stride s: S.H.S^-1 (reference) or with the half-pixel centre correction"
+    )
+
+
+@dataclass
+class FlowCfg:
+    """`video_model_cfg.flow`: the optical-flow provider of the temporal-consistency loss."""
+
+    backend: Literal["raft_large", "raft_small", "dis", "farneback", "gt"] = opt(
+        "raft_large", "flow provider; gt = the synthetic set's true flow"
+    )
+    weights: str | None = opt(
+        None, "local RAFT weights; null = base_checkpoints/raft_large_C_T_V1-22a6c225.pth (or raft_small_...)"
+    )
+    iters: int = opt(20, "RAFT refinement iterations", min=1)
+    input_norm: Literal["minus1_1", "imagenet"] = opt(
+        "minus1_1", "RAFT input: [-1,1] as torchvision expects, or ImageNet-normalised (reference defect)"
+    )
+    pad: Literal["none", "replicate"] = opt("replicate", "pad frames to a multiple of 8 for RAFT")
+
+
+@dataclass
+class TCLossCfg:
+    """`video_model_cfg.tc_loss`: the temporal-consistency loss (``ssp.md`` §5.3)."""
+
+    photometric: Literal["signed_sum", "abs_sum", "none"] = opt(
+        "abs_sum",
+        "weight M: exp(-|sum_c d_c|) on normalised frames (reference), exp(-alpha sum_c |d_c|) on [0,1], or 1",
+    )
+    alpha: float = opt(1.0, "sharpness of the abs_sum photometric weight", min=0)
+    occlusion: Literal["none", "fwd_bwd"] = opt("none", "mask occluded pixels with a forward-backward check")
+    space: Literal["logits", "probs"] = opt("logits", "compare logits (reference) or softmax probabilities")
+    grid: Literal["reference", "exact"] = opt(
+        "exact", "flow-warp grid: 2x/(W-1)-1 with align_corners=False (reference, half-pixel off) or exact"
+    )
+
+
+@dataclass
+class VideoModelCfg:
+    """`video_model_cfg`: the video model (SSP) and its temporal loss."""
+
+    model_name: Literal["base"] = opt("base", "base = SSP (semantic similarity propagation)")
+    const_loss_lb: float = opt(0.0, "lambda, weight of the temporal-consistency loss (SSP configs: 0.5)", min=0)
+    kd_consistent_labels: bool = opt(True, "KD: make teacher logits of t-1 and t flow-consistent (KD-SSP)")
+    last_out_loss_lb: float = opt(0.0, "KD: weight of the loss on frame t-1's raw prediction", min=0)
+    pred_mixing_op: Literal["id", "conv"] = opt("id", "transform of (warped past, current) logits before fusion")
+    sim_op: Literal["conv", "convbase", "cossim", "constant", "reuse", "avg"] = opt(
+        "conv", "similarity s: conv net, cosine, s=0 (constant), s=1 (reuse), one learnt scalar (avg)"
+    )
+    upsample_before_mixing: bool = opt(True, "warp and fuse full-size logits (else at stride 4, then upsample)")
+    upsampling: Literal["bicubic", "bilinear", "nearest"] = opt("bilinear", "interpolation of logits")
+    features_interp_mode: Literal["bilinear", "nearest"] = opt("bilinear", "sampling when warping features")
+    k_registrator_model: Literal["disk", "orb", "sift", "akaze", "identity", "gt"] = opt(
+        "disk", "homography provider (gt = the synthetic set's true homographies)"
+    )
+    low_scale_homo: bool = opt(False, "legacy reference switch (inconsistent scaling); must stay false")
+    n_mixing_layers: int = opt(1, "layers of the conv mixing op", min=1)
+    window_size: int | None = opt(None, "legacy mixer window (attention mixers are not offered)")
+    freeze_image_model: bool = opt(False, "train the fusion layers only (the image network stays fixed)")
+    registration: RegistrationCfg = field(default_factory=RegistrationCfg, metadata={"doc": "registration"})
+    flow: FlowCfg = field(default_factory=FlowCfg, metadata={"doc": "flow for the temporal loss"})
+    tc_loss: TCLossCfg = field(default_factory=TCLossCfg, metadata={"doc": "temporal-consistency loss"})
+
+
+@dataclass
 class ImageConfig:
     """An image-model experiment (``config/image/*.yaml``)."""
 
@@ -186,5 +291,22 @@ class ImageConfig:
     loss_cfg: LossCfg = field(default_factory=LossCfg, metadata={"doc": "loss"})
 
 
+@dataclass
+class VideoConfig:
+    """A video-model experiment (``config/video/*.yaml``)."""
+
+    save_dir: str = opt("checkpoints", "output root for run folders")
+    pretrained_checkpoint: str | None = opt(
+        None, "initialise the whole video model from a video run (name or path) or a state-dict file"
+    )
+    resume_training: str | None = opt(None, "run folder (name or path) to resume; its stored config is used")
+    data_cfg: DataCfg = field(default_factory=DataCfg, metadata={"doc": "dataset"})
+    image_model_cfg: ImageModelCfg = field(default_factory=ImageModelCfg, metadata={"doc": "image run"})
+    video_model_cfg: VideoModelCfg = field(default_factory=VideoModelCfg, metadata={"doc": "video model"})
+    training_cfg: TrainingCfg = field(default_factory=TrainingCfg, metadata={"doc": "training loop"})
+    optim_cfg: OptimCfg = field(default_factory=OptimCfg, metadata={"doc": "optimizer and schedule"})
+    loss_cfg: LossCfg = field(default_factory=LossCfg, metadata={"doc": "loss"})
+
+
 # Config kinds: the folder of their YAML files and their schema.
-KINDS: dict[str, type] = {"image": ImageConfig}
+KINDS: dict[str, type] = {"image": ImageConfig, "video": VideoConfig}

@@ -44,6 +44,31 @@ class Clip:
     def dir(self) -> Path:
         return self.frames[0].parent.parent
 
+    def pair(self, first: int, second: int) -> FramePair:
+        """The frames ``first`` -> ``second`` of this clip (bounds-checked, never wrapped)."""
+        if not (0 <= first < len(self.frames) and 0 <= second < len(self.frames)):
+            raise IndexError(f"frame pair ({first}, {second}) outside clip {self.name} of {len(self.frames)} frames")
+        return FramePair(self.frames[first], self.frames[second], first, second)
+
+
+@dataclass(frozen=True)
+class FramePair:
+    """Two frames of one clip on disk, ``first -> second``: what a flow or registration provider needs to find
+    stored results (true flow / homographies of the synthetic set, on-disk caches).
+
+    Flow providers return the flow on ``first``'s pixels pointing into ``second``; registration providers return
+    ``H`` with ``p_second ~ H p_first`` (``first`` = previous frame, ``second`` = current frame).
+    """
+
+    first_path: Path
+    second_path: Path
+    first: int  # index of the first frame in its clip
+    second: int
+
+    @property
+    def clip_dir(self) -> Path:
+        return self.first_path.parent.parent
+
 
 def dataset_root(dataset: str, path: str | None) -> Path:
     """The dataset root: ``data_cfg.path`` or the descriptor's default folder."""
