@@ -219,18 +219,26 @@ def _random_square(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray
     return _translate(-ox, -oy), (side, side)
 
 
+def square_crop_geometry(
+    h: int, w: int, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Source->output matrix and output size of the ``S x S`` crop, ``S = min(H, W)``: a random window with
+    ``rng``, else the centred one (callers that must transform geometry, e.g. homographies, need ``m``)."""
+    if rng is not None:
+        return _random_square(h, w, rng)
+    side = min(h, w)
+    return _translate(-((w - side) // 2), -((h - side) // 2)), (side, side)
+
+
 def center_square_crop(sample: ClipSample) -> ClipSample:
     """Centre ``S x S`` crop, ``S = min(H, W)`` (training-time validation of ``square_crop`` configs)."""
-    h, w = sample.size()
-    side = min(h, w)
-    return _apply_geometry(sample, _translate(-((w - side) // 2), -((h - side) // 2)), (side, side))
+    return _apply_geometry(sample, *square_crop_geometry(*sample.size()))
 
 
 def random_square_crop(sample: ClipSample, rng: np.random.Generator) -> ClipSample:
     """Random ``S x S`` crop, ``S = min(H, W)``, the same window for every frame (``square_crop`` without
     other augmentation)."""
-    m, out_hw = _random_square(*sample.size(), rng)
-    return _apply_geometry(sample, m, out_hw)
+    return _apply_geometry(sample, *square_crop_geometry(*sample.size(), rng))
 
 
 def map_frames(sample: ClipSample, op: FrameOp, rng: np.random.Generator) -> ClipSample:
@@ -273,6 +281,11 @@ class VideoTrainAugment:
         self.hue, self.sat, self.val, self.gamma = hue, sat, val, gamma
 
     def __call__(self, sample: ClipSample, rng: np.random.Generator) -> ClipSample:
+        return self.apply(sample, rng)[0]
+
+    def apply(self, sample: ClipSample, rng: np.random.Generator) -> tuple[ClipSample, np.ndarray]:
+        """Augment; also return the 3x3 affine source->output pixel matrix of the geometry applied (to carry
+        homographies and flows through the same draw)."""
         h, w = sample.size()
         m, out_hw = np.eye(3), (h, w)
         if rng.random() < self.p_flip:
@@ -292,7 +305,7 @@ class VideoTrainAugment:
             lut = tone_lut(c, b, uniform(rng, self.gamma))
             hsv = hsv_op(*(uniform(rng, (-r, r)) for r in (self.hue, self.sat, self.val)))
             out = map_frames(out, lambda img, r: hsv(cv2.LUT(img, lut), r), rng)
-        return out
+        return out, m
 
 
 class ImageTrainAugment:

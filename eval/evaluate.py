@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
@@ -47,6 +49,19 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def software() -> dict:
+    """Versions and git revision, recorded with every result."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=False).stdout.strip() or None  # fmt: skip
+    except OSError:
+        sha = None
+    import torchvision
+
+    return {"tcseg": sha, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}  # fmt: skip
+
+
 def shard(n: int) -> list[int]:
     """This process's share of ``range(n)``: ``rank::world`` (no padding, no dropping)."""
     if dist.is_available() and dist.is_initialized():
@@ -61,6 +76,17 @@ def predict(model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | Non
         return model(images).float()
 
 
+Infer = Callable[[nn.Module, dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _image_infer(device: torch.device, amp_dtype: torch.dtype | None) -> Infer:
+    def infer(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = batch["image"].to(device)
+        return images, predict(model, images, amp_dtype), batch["label"].to(device)
+
+    return infer
+
+
 def validate(
     model: nn.Module,
     dataset: Dataset,
@@ -72,11 +98,15 @@ def validate(
     amp_dtype: torch.dtype | None = None,
     max_samples: int | None = None,
     vis_samples: int = 0,
+    infer: Infer | None = None,
 ) -> tuple[ConfusionMatrix, list[np.ndarray]]:
-    """mIoU confusion matrix over ``dataset`` (items with ``image`` and ``label``), summed over ranks.
+    """mIoU confusion matrix over ``dataset``, summed over ranks.
 
-    Returns the matrix and up to ``vis_samples`` panels (frame | prediction | ground truth) from rank 0's share.
+    ``infer(model, batch) -> (images [B,3,H,W], logits [B,K,H,W], labels [B,H,W])`` on the device; the default
+    serves image datasets (items with ``image`` and ``label``). Returns the matrix and up to ``vis_samples``
+    panels (frame | prediction | ground truth) from rank 0's share.
     """
+    infer = infer or _image_infer(device, amp_dtype)
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     subset = Subset(dataset, shard(n))
     loader = DataLoader(
@@ -87,8 +117,8 @@ def validate(
     cm = ConfusionMatrix(info.num_classes, device)
     panels: list[np.ndarray] = []
     for batch in loader:
-        images, labels = batch["image"].to(device), batch["label"].to(device)
-        pred = predict(model, images, amp_dtype).argmax(1)
+        images, logits, labels = infer(model, batch)
+        pred = logits.argmax(1)
         cm.update(pred, labels)
         for i in range(min(len(pred), vis_samples - len(panels))):
             rgb = (

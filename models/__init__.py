@@ -1,3 +1,3 @@
-"""Model components. Importing this package registers every backbone, head and (later) video model."""
+"""Model components. Importing this package registers every backbone, head, video model and provider."""
 
-from models import image  # noqa: F401  (registers backbones and heads)
+from models import flow, image, registration, video  # noqa: F401  (each registers its components)

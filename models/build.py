@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from config.schema import ModelCfg
+from typing import Any
+
+from config.schema import ModelCfg, VideoModelCfg
 from models.image.segmentor import Segmentor, build_segmentor
+from models.registry import VIDEO_MODELS
 
 # Default backbone per architecture when model_cfg.backbone is null.
 _DEFAULT_BACKBONE = {"upernet": "resnet18", "fcn8s": "vgg16", "swiftnet": "resnet18"}
@@ -34,3 +37,9 @@ def build_image_model(mcfg: ModelCfg, num_classes: int, load_backbone_weights: b
     if mcfg.frozen_encoder:
         model.backbone.requires_grad_(False)
     return model
+
+
+def build_video_model(vcfg: VideoModelCfg, image_model: Segmentor, registration: Any | None) -> Any:
+    """The video model of ``video_model_cfg.model_name`` around ``image_model``; ``registration`` is the
+    homography provider it calls when a batch brings no homographies (kept outside its state dict)."""
+    return VIDEO_MODELS.build(vcfg.model_name, vcfg=vcfg, image_model=image_model, registration=registration)

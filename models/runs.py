@@ -18,8 +18,9 @@ import torch
 
 from config.errors import CheckpointError
 from config.loader import from_dict
+from config.schema import ImageModelCfg
 from data.catalog import get_dataset_info
-from models.build import build_image_model
+from models.build import build_image_model, build_video_model
 
 CHECKPOINT_NAMES = ("last.pth", "best.pth")
 
@@ -74,26 +75,74 @@ def weights_for_init(name_or_path: str, save_dir: str | Path) -> tuple[dict[str,
     return read_checkpoint(path)["model"], str(path)
 
 
-def load_image_model(run: Path, best: bool = False) -> tuple[torch.nn.Module, Any, dict]:
-    """Rebuild the image model of a run from its stored config and load its weights strictly.
-
-    Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries).
-    """
-    path = checkpoint_path(run, best)
-    ckpt = read_checkpoint(path)
-    if ckpt.get("kind") != "image":
-        raise CheckpointError(
-            f"{path} is a '{ckpt.get('kind')}' checkpoint; use the matching eval.vis command"
-        )
-    cfg = from_dict(ckpt["config"], "image")
-    info = get_dataset_info(cfg.data_cfg.dataset)
-    model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+def _load_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not match the model its config builds: missing {list(missing)[:4]}, "
             f"unexpected {list(unexpected)[:4]}"
         )
+
+
+def _read_kind(run: Path, best: bool, kind: str) -> tuple[dict, Path]:
+    path = checkpoint_path(run, best)
+    ckpt = read_checkpoint(path)
+    if ckpt.get("kind") != kind:
+        cmd = {"image": "eval.vis.image", "video": "eval.vis.video"}.get(str(ckpt.get("kind")), "eval.vis.*")
+        raise CheckpointError(f"{path} is a '{ckpt.get('kind')}' checkpoint, not '{kind}'; use {cmd}")
+    return ckpt, path
+
+
+def _meta(ckpt: dict, path: Path) -> dict:
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     meta["path"] = str(path)
+    return meta
+
+
+def load_image_model(run: Path, best: bool = False) -> tuple[torch.nn.Module, Any, dict]:
+    """Rebuild the image model of a run from its stored config and load its weights strictly.
+
+    Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries).
+    """
+    ckpt, path = _read_kind(run, best, "image")
+    cfg = from_dict(ckpt["config"], "image")
+    info = get_dataset_info(cfg.data_cfg.dataset)
+    model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)
+    _load_strict(model, ckpt["model"], path)
+    return model.eval(), cfg, _meta(ckpt, path)
+
+
+def image_run_of(icfg: ImageModelCfg) -> Path:
+    """The image run named by ``image_model_cfg`` (``image_save_dir`` / ``checkpoint_folder`` / name or path)."""
+    if not icfg.checkpoint_name:
+        raise CheckpointError(
+            "image_model_cfg.checkpoint_name is empty: set it to a trained image run, e.g. "
+            "image_model_cfg.checkpoint_name=2026-01-01_12-00-00 (train one with python -m training.train_image)"
+        )
+    return locate_run(icfg.checkpoint_name, Path(icfg.image_save_dir) / icfg.checkpoint_folder)
+
+
+def load_video_model(
+    run: Path, best: bool = False, registration: Any | None = None
+) -> tuple[torch.nn.Module, Any, dict]:
+    """Rebuild a video run's model from its checkpoint alone (video config + stored image config), strictly.
+
+    ``registration`` overrides the provider the config names (built from the config when None). Returns
+    (model in eval mode on the CPU, typed video config, checkpoint dict without the big entries; its
+    ``image_config`` is the typed image config).
+    """
+    from models.registration import build_registration  # the providers pull in OpenCV/kornia
+
+    ckpt, path = _read_kind(run, best, "video")
+    cfg = from_dict(ckpt["config"], "video")
+    image_cfg = from_dict(ckpt["image_config"], "image")
+    info = get_dataset_info(cfg.data_cfg.dataset)
+    image_model = build_image_model(image_cfg.model_cfg, info.num_classes, load_backbone_weights=False)
+    vcfg = cfg.video_model_cfg
+    if registration is None:
+        registration = build_registration(vcfg.k_registrator_model, vcfg.registration)
+    model = build_video_model(vcfg, image_model, registration)
+    _load_strict(model, ckpt["model"], path)
+    meta = _meta(ckpt, path)
+    meta["image_config"] = image_cfg
     return model.eval(), cfg, meta

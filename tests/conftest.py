@@ -36,3 +36,36 @@ def tiny_overrides(tiny_synthetic: Path, tmp_path: Path) -> list[str]:
         "training_cfg.val_interval=1",
         "optim_cfg.warmup_epochs=0",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_image_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch tiny image run on the tiny synthetic set (the start of every video-training test)."""
+    from training import train_image
+
+    save = tmp_path_factory.mktemp("image_runs")
+    overrides = [
+        f"save_dir={save}", f"data_cfg.path={tiny_synthetic}", f"data_cfg.crop_size=[{TINY_HW[0]}, {TINY_HW[1]}]",
+        "model_cfg.backbone=tiny_cnn", "training_cfg.batch_size=2", "training_cfg.num_epochs=1",
+        "training_cfg.num_workers=0", "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0",
+    ]  # fmt: skip
+    return train_image.main(["base_synthetic", *overrides])
+
+
+@pytest.fixture
+def tiny_video_overrides(tiny_synthetic: Path, tiny_image_run: Path, tmp_path: Path) -> list[str]:
+    """Overrides that turn a video config into a seconds-long CPU run on the tiny set (true flow for the loss)."""
+    return [
+        f"save_dir={tmp_path / 'checkpoints'}",
+        "data_cfg.dataset=synthetic",
+        f"data_cfg.path={tiny_synthetic}",
+        f"data_cfg.crop_size=[{TINY_HW[0]}, {TINY_HW[1]}]",
+        f"image_model_cfg.checkpoint_name={tiny_image_run}",
+        "training_cfg.batch_size=2",
+        "training_cfg.num_epochs=2",
+        "training_cfg.early_stopping=null",
+        "training_cfg.num_workers=0",
+        "training_cfg.vis_samples=1",
+        "training_cfg.val_interval=1",
+        "optim_cfg.warmup_epochs=0",
+    ]

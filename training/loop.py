@@ -81,8 +81,12 @@ def fit(
     validate_fn: ValidateFn,
     device: torch.device,
     resume: dict | None = None,
+    checkpoint_extra: dict | None = None,
 ) -> dict:
-    """Train ``model`` (on ``device``, not yet wrapped) and return the final history entry."""
+    """Train ``model`` (on ``device``, not yet wrapped) and return the final history entry.
+
+    ``checkpoint_extra`` goes into every checkpoint (a video run stores its image model's config there, so the
+    checkpoint alone rebuilds the model)."""
     tcfg = cfg.training_cfg
     per_step = tcfg.batch_size * tcfg.grad_accum_steps
     full_steps = len(train_set) // (per_step * D.world_size())
@@ -192,7 +196,8 @@ def fit(
         history.append(entry)
 
         if D.is_main():
-            state = {"epoch": epoch + 1, "step": step, "best_metric": best, "history": history}
+            state = {"epoch": epoch + 1, "step": step, "best_metric": best, "history": history,
+                     **(checkpoint_extra or {})}  # fmt: skip
             if improved:
                 save_checkpoint(run / "best.pth", model, cfg, kind, **state, finished=last_epoch)
             save_checkpoint(

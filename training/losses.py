@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from config.errors import ConfigError
-from config.schema import LossCfg
+from config.schema import LossCfg, TCLossCfg
+from data.transforms import denormalize
+from models.warp import flow_warp, fwd_bwd_occlusion
 
 IGNORE_INDEX = 255
 
@@ -55,3 +57,61 @@ def build_segmentation_loss(lcfg: LossCfg, num_classes: int) -> nn.Module:
             "which this version does not train yet; use crossentropy"
         )
     return SegmentationCE(lcfg.class_weights, num_classes)
+
+
+class TemporalConsistencyLoss(nn.Module):
+    """Flow-warped temporal-consistency loss (``ssp.md`` §5.3, ``TempConstLoss``): ``mean(M * (o_t - Y_w)^2)``.
+
+    ``Y_w`` is the previous frame's image logits pulled into frame t along the flow t -> t-1 (nearest; the
+    gradient flows into them), ``M`` a per-pixel photometric weight from how well the flow explains frame t:
+
+    - ``signed_sum`` (reference): ``exp(-|sum_c (x_t - x_w)_c|)`` on ImageNet-normalised frames (colour changes
+      of opposite sign cancel);
+    - ``abs_sum``: ``exp(-alpha * sum_c |x_t - x_w|_c)`` on [0,1] frames;
+    - ``none``: 1.
+
+    With ``grid: exact`` pixels whose flow leaves the frame are masked out (the reference compares them with the
+    zero padding); ``occlusion: fwd_bwd`` also masks pixels that fail the forward-backward check. The mean is
+    over ``B x K x H x W`` as in the reference, so masking lowers the loss scale rather than re-weighting.
+    """
+
+    def __init__(self, cfg: TCLossCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(
+        self,
+        fused: torch.Tensor,
+        prev_logits: torch.Tensor,
+        frame: torch.Tensor,
+        prev_frame: torch.Tensor,
+        flow: torch.Tensor,
+        flow_prev_to_cur: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``fused`` o_t [B,K,H,W]; ``prev_logits`` y_{t-1} [B,K,H,W]; ``frame``/``prev_frame`` [B,3,H,W]
+        ImageNet-normalised; ``flow`` [B,2,H,W] t -> t-1 on frame t; ``flow_prev_to_cur`` [B,2,H,W] (t-1 -> t on
+        frame t-1) for the occlusion check. Returns a scalar."""
+        c = self.cfg
+        flow = flow.float()
+        warped_frame, inside = flow_warp(prev_frame.float(), flow, mode="nearest", grid=c.grid)
+        if c.photometric == "signed_sum":
+            weight = torch.exp(-(frame.float() - warped_frame).sum(1, keepdim=True).abs())
+        elif c.photometric == "abs_sum":
+            diff = denormalize(frame.float()) - denormalize(warped_frame)
+            weight = torch.exp(-c.alpha * diff.abs().sum(1, keepdim=True))
+        else:
+            weight = torch.ones_like(frame[:, :1], dtype=torch.float32)
+        if c.grid == "exact":
+            weight = weight * inside.unsqueeze(1)
+        if c.occlusion == "fwd_bwd":
+            if flow_prev_to_cur is None:
+                raise ConfigError(
+                    "video_model_cfg.tc_loss.occlusion=fwd_bwd needs the flow in both directions"
+                )
+            occluded = fwd_bwd_occlusion(flow, flow_prev_to_cur.float())
+            weight = weight * (~occluded).unsqueeze(1)
+        target = flow_warp(prev_logits.float(), flow, mode="nearest", grid=c.grid)[0]
+        current = fused.float()
+        if c.space == "probs":
+            current, target = current.softmax(1), target.softmax(1)
+        return (weight.detach() * (current - target).pow(2)).mean()

@@ -10,8 +10,6 @@ Every combination of ``--no-evaluation``, ``--no-write-res`` and ``--save-logits
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 
 import torch
@@ -22,24 +20,18 @@ from config.errors import ConfigError, run_cli
 from data.catalog import get_dataset_info
 from data.frames import ensure_dataset, read_split
 from data.image_dataset import FrameStream, worker_init
-from eval.evaluate import device_name, predict_tta
-from eval.metrics import ConfusionMatrix
-from eval.vis.outputs import LogitsWriter, PredictionWriter, format_table, write_metrics
+from eval.evaluate import device_name, predict_tta, software
+from eval.vis.outputs import LogitsWriter, PredictionWriter, format_scores, format_table, write_metrics
+from eval.vis.stream import FrameScorer, add_common_args, build_tc, build_vc, resolve_device
 from models.runs import load_image_model, locate_run
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.vis.image", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="run folder name (in --save-dir) or path; 'tag@name' also works")
-    p.add_argument("--save-dir", default="checkpoints", help="where runs live (default: checkpoints)")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="clip list to evaluate")
+    add_common_args(p)
     p.add_argument("--skip-frames", type=int, default=1, metavar="K",
                    help="infer only frames with i mod K in {0,1} (each sampled frame and its predecessor; "
-                        "K = 1 or 2 means every frame)")  # fmt: skip
-    p.add_argument("--evaluation", action=argparse.BooleanOptionalAction, default=True,
-                   help="compute mIoU on the labelled frames (default: on)")  # fmt: skip
-    p.add_argument("--write-res", action=argparse.BooleanOptionalAction, default=True,
-                   help="write prediction, colour and overlay PNGs and per-clip GIFs (default: on)")  # fmt: skip
+                        "K = 1 or 2 means every frame); TC counts only truly consecutive pairs")  # fmt: skip
     p.add_argument("--save-logits", action="store_true", help="dump raw logits to <run>/logits/<split>/")
     p.add_argument("--logits-dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--logits-size", default="eval", metavar="eval|HxW",
@@ -48,12 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--logits-stride", type=int, default=1, help="extra downsampling of saved logits (avg-pool)"
     )
     p.add_argument("--logits-format", default="npz", choices=["npz", "npy"], help="npz = compressed")
-    p.add_argument("--best-model", action="store_true", help="load best.pth instead of last.pth")
     p.add_argument("--tta", default="none", choices=["none", "flip", "multiscale", "flip+multiscale"],
                    help="test-time augmentation: average logits over flips / scales 0.75, 1, 1.5")  # fmt: skip
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--multiscale", action="store_true", help="reference flag: same as --tta multiscale")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-workers", type=int, default=2)
     return p
 
 
@@ -67,19 +57,6 @@ def _logits_size(arg: str) -> tuple[int, int] | None:
         raise ConfigError(f"--logits-size: expected 'eval' or HxW like 736x1280, got '{arg}'") from None
 
 
-def software() -> dict:
-    """Versions and git revision, recorded with every result."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=False).stdout.strip() or None  # fmt: skip
-    except OSError:
-        sha = None
-    import torchvision
-
-    return {"tcseg": sha, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version()}  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     if args.skip_frames < 1 or args.logits_stride < 1 or args.batch_size < 1:
@@ -87,10 +64,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not (args.evaluation or args.write_res or args.save_logits):
         print("nothing to do: --no-evaluation and --no-write-res without --save-logits")
         return None
-    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
-    device = torch.device(dev)
+    device = resolve_device(args.device)
     run = locate_run(args.run, args.save_dir)
     model, cfg, meta = load_image_model(run, best=args.best_model)
     model.to(device)
@@ -103,29 +77,32 @@ def main(argv: list[str] | None = None) -> dict | None:
         stream, batch_size=args.batch_size, num_workers=args.num_workers, worker_init_fn=worker_init
     )
     amp = torch.bfloat16 if device.type == "cuda" else None
+    tta = "multiscale" if args.multiscale and args.tta == "none" else args.tta
 
     out = run / "results" / args.split
     writer = PredictionWriter(out, info) if args.write_res else None
     manifest = {"teacher_run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"), "split": args.split,
                 "num_classes": info.num_classes, "classes": list(info.class_names), "input_size": list(size),
-                "frames_rule": f"i mod {args.skip_frames} in {{0,1}}", "tta": args.tta}  # fmt: skip
+                "frames_rule": f"i mod {args.skip_frames} in {{0,1}}", "tta": tta}  # fmt: skip
     logits_writer = None
     if args.save_logits:
         logits_writer = LogitsWriter(run / "logits" / args.split, manifest, args.logits_dtype,
                                      _logits_size(args.logits_size), args.logits_stride, args.logits_format)  # fmt: skip
-    cm = ConfusionMatrix(info.num_classes, device)
-    n_labelled = 0
+    scorer = None
+    if args.evaluation:
+        scorer = FrameScorer(info, clips, device, build_tc(args, info, device), build_vc(args.vc))
     for batch in tqdm(
         loader, desc=f"{run.name} {args.split}", dynamic_ncols=True, disable=not sys.stderr.isatty()
     ):
-        logits = predict_tta(model, batch["image"].to(device), args.tta, model.backbone.input_multiple, amp)
+        logits = predict_tta(model, batch["image"].to(device), tta, model.backbone.input_multiple, amp)
         pred = logits.argmax(1)
-        if args.evaluation:
-            keep = batch["labelled"].to(device)
-            cm.update(pred[keep], batch["label"].to(device)[keep])
-            n_labelled += int(keep.sum())
         for i in range(len(pred)):
             clip, frame = batch["clip"][i], batch["frame"][i]
+            if scorer is not None:
+                label = batch["label"][i] if bool(batch["labelled"][i]) else None
+                scorer.add(
+                    int(batch["clip_index"][i]), int(batch["t"][i]), batch["rgb"][i].numpy(), pred[i], label
+                )
             if writer is not None:
                 writer.add(clip, frame, batch["rgb"][i].numpy(), pred[i].cpu().numpy().astype("uint8"))
             if logits_writer is not None:
@@ -139,22 +116,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"outputs in {out}" if args.write_res else "done")
         return None
 
-    summary = cm.summary(info.class_names)
+    sw = software()
     metrics = {
         "split": args.split, "run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
-        "model_inference": "per frame (image model)", "dataset": info.name, "skip_frames": args.skip_frames,
-        "miou": {"value": summary["miou"], "mode": "nan_exclude", "aggregation": "dataset",
-                 "resolution": list(size), "label_resize": "nearest", "ignore_index": info.ignore_index,
-                 "tta": args.tta, "frames": n_labelled, "classes": list(info.class_names),
-                 "per_class": summary["per_class"]},
-        **{k: summary[k] for k in ("miou_zero", "pixel_acc", "mean_class_acc", "fwiou", "labelled_pixels",
-                                   "confusion_matrix")},
-        "device": device_name(device),
-        "software": software(),
+        "dataset": info.name, "skip_frames": args.skip_frames,
+        **scorer.metrics(size, "per frame (image)", sw),
+        "device": device_name(device), "software": sw,
     }  # fmt: skip
-    write_metrics(out, metrics, cm.per_class_rows(info.class_names))
-    print(format_table(f"{run.name} on {info.name} {args.split} ({n_labelled} labelled frames)", summary,
-                       info.class_names))  # fmt: skip
+    metrics["miou"]["tta"] = tta
+    write_metrics(out, metrics, scorer.cm.per_class_rows(info.class_names))
+    scorer.write_tc_files(out)
+    print(format_table(f"{run.name} on {info.name} {args.split} ({scorer.labelled_frames} labelled frames)",
+                       scorer.cm.summary(info.class_names), info.class_names))  # fmt: skip
+    print(format_scores(metrics))
     print(f"results in {out}")
     return metrics
 

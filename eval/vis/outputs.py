@@ -15,13 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from data.catalog import DatasetInfo
-from eval.vis.render import overlay, write_png
+from eval.vis.render import overlay, panel, write_png
 
 RESULTS_README = """Prediction PNGs in pred/ hold class id + 1 (0 = ignore), the SSP reference convention.
 color/ renders the class colours, overlay/ blends them over the frame, video/ animates the overlays.
@@ -61,6 +62,43 @@ class PredictionWriter:
 
     def close(self) -> None:
         self._close_gif()
+
+
+class SideBySideWriter:
+    """Per-clip GIF of panels ``frame | image-model prediction | video-model prediction | ground truth``.
+
+    Frames of a clip must arrive in order; panels are scaled to at most ``max_height`` pixels high so that GIFs
+    of 736x1280 videos stay viewable. Frames without a label show the frame greyed out in the last panel.
+    """
+
+    TITLES = ["frame", "image model", "video model", "ground truth"]
+
+    def __init__(self, out_dir: Path, info: DatasetInfo, max_height: int = 240) -> None:
+        self.out, self.info, self.max_height = out_dir, info, max_height
+        self._clip: str | None = None
+        self._writer: Any = None
+
+    def add(self, clip: str, rgb: np.ndarray, image_pred: np.ndarray, video_pred: np.ndarray,
+            label: np.ndarray | None) -> None:  # fmt: skip
+        """``rgb`` (H,W,3) uint8; predictions and ``label`` (H,W) training ids (label may be None)."""
+        if clip != self._clip:
+            self.close()
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._writer = imageio.get_writer(self.out / f"{clip}.gif", mode="I", duration=1000.0 / self.info.fps,
+                                              loop=0)  # fmt: skip
+            self._clip = clip
+        gt = overlay(rgb, label, self.info) if label is not None else (rgb // 3 + 85).astype(np.uint8)
+        images = [rgb, overlay(rgb, image_pred, self.info), overlay(rgb, video_pred, self.info), gt]
+        h = rgb.shape[0]
+        if h > self.max_height:
+            size = (round(rgb.shape[1] * self.max_height / h), self.max_height)
+            images = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]
+        self._writer.append_data(panel(images, self.TITLES))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class LogitsWriter:
@@ -129,4 +167,23 @@ def format_table(title: str, miou: dict, class_names: tuple[str, ...] | list[str
     lines.append(
         f"  {'mIoU':<14}{f(miou['miou'])}   (pixel acc {f(miou['pixel_acc'])}, mIoU zero-mode {f(miou['miou_zero'])})"
     )
+    return "\n".join(lines)
+
+
+def format_scores(metrics: dict) -> str:
+    """TC and VC lines of a ``metrics.json`` dict."""
+    lines = []
+    for name, entry in (metrics.get("tc") or {}).items():
+        v = entry["value"]
+        card = entry["tc_protocol"]
+        lines.append(f"  TC {name:<14}{'n/a' if v is None else f'{100 * v:6.2f}'}   "
+                     f"(flow {card['flow']['model']}, {card['frames']['n_pairs']} pairs)")  # fmt: skip
+    for n, entry in (metrics.get("vc") or {}).items():
+        v = entry["value"]
+        lines.append(
+            f"  VC_{n:<13}{'n/a (' + str(entry.get('reason')) + ')' if v is None else f'{100 * v:6.2f}'}"
+        )
+    reg = metrics.get("registration")
+    if reg:
+        lines.append(f"  registration {reg['settings'].get('provider', '')}: {reg['stats']}")
     return "\n".join(lines)

@@ -1,0 +1,274 @@
+"""Speed of a run: ``python -m eval.benchmark RUN [--height H --width W] [--frames N] [--device cpu|cuda]``.
+
+Follows ``metrics.md`` §7: eval mode, inference mode, batch 1, input already on the device, everything a method
+needs per frame (backbone, head, registration, warping, fusion, upsampling, argmax), video models run over real
+clips in order with their recurrent state (reset at clip boundaries), a warm-up, then timed frames in 3 runs and
+the median run reported. GPU timing uses CUDA events and synchronisation; CPU timing ``perf_counter``.
+
+The headline latency is measured without stage timers; a separate pass wraps each stage (``backbone``, ``head``,
+``registration``, ``warp``, ``fusion``, ``upsample``, ``argmax``) with its own timer (synchronising on GPU) to
+show where the time goes; registration by OpenCV runs on the CPU and is flagged so. For a video run the
+benchmark also times its image network alone on the same frames, device and precision, and prints the ratio.
+Results go to ``<run>/benchmark/<device>_<H>x<W>_<precision>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from config.errors import ConfigError, run_cli
+from config.loader import from_dict
+from data.catalog import get_dataset_info
+from data.frames import FramePair, ensure_dataset, read_frame, read_split
+from data.transforms import resize_frame, to_tensor
+from eval.evaluate import autocast, device_name, software
+from models.runs import checkpoint_path, load_image_model, load_video_model, locate_run, read_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="run folder name (in --save-dir) or path")
+    p.add_argument("--save-dir", default="checkpoints")
+    p.add_argument("--height", type=int, default=None, help="input height (default: the run's crop_size)")
+    p.add_argument("--width", type=int, default=None, help="input width (default: the run's crop_size)")
+    p.add_argument(
+        "--frames", type=int, default=200, help="timed frames per run (>= 200 for reported figures)"
+    )
+    p.add_argument("--warmup", type=int, default=20, help="untimed frames before timing")
+    p.add_argument("--runs", type=int, default=3, help="timed runs; the median run is reported")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"])
+    p.add_argument("--registration", default=None, help="override the video run's registration provider")
+    p.add_argument("--split", default="val", help="clips whose frames are fed (resized to H x W)")
+    p.add_argument("--best-model", action="store_true")
+    p.add_argument(
+        "--no-image-baseline", action="store_true", help="video runs: skip timing the image network"
+    )
+    return p
+
+
+class StageTimer:
+    """Accumulates per-stage milliseconds for one frame; ``timer(name)`` is the context manager models accept."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ms = device, {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+
+
+def _frames(
+    run_cfg: Any, split: str, size: tuple[int, int], n: int
+) -> list[tuple[np.ndarray, FramePair | None]]:
+    """Up to ``n`` frames of the split's clips in order, resized to ``size``, with the pair to the previous frame
+    (None at a clip start)."""
+    dcfg = run_cfg.data_cfg
+    info = get_dataset_info(dcfg.dataset)
+    root = ensure_dataset(dcfg.dataset, dcfg.path, tuple(dcfg.crop_size), dcfg.generate_if_missing)
+    out: list[tuple[np.ndarray, FramePair | None]] = []
+    for clip in read_split(root, split, info):
+        for i in range(len(clip)):
+            out.append((resize_frame(read_frame(clip.frames[i]), size), clip.pair(i - 1, i) if i else None))
+            if len(out) >= n:
+                return out
+    return out
+
+
+def _time_frames(
+    step: Callable[[torch.Tensor, FramePair | None, Any], None], frames: list[tuple[torch.Tensor, FramePair | None]],
+    n: int, warmup: int, device: torch.device, timer: StageTimer | None = None,
+) -> list[float]:  # fmt: skip
+    """Per-frame latencies (ms) of ``n`` frames after ``warmup`` untimed ones, cycling through ``frames``."""
+    lat: list[float] = []
+    cuda = device.type == "cuda"
+    for k in range(warmup + n):
+        x, pair = frames[k % len(frames)]
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(x, pair, timer)
+            end.record()
+            torch.cuda.synchronize(device)
+            ms = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            step(x, pair, timer)
+            ms = (time.perf_counter() - t0) * 1e3
+        if k >= warmup:
+            lat.append(ms)
+    return lat
+
+
+def _summary(runs: list[list[float]]) -> dict:
+    means = [statistics.fmean(r) for r in runs]
+    med = runs[int(np.argsort(means)[len(means) // 2])]
+    mean = statistics.fmean(med)
+    return {"mean_ms": round(mean, 3), "median_ms": round(statistics.median(med), 3),
+            "p90_ms": round(float(np.percentile(med, 90)), 3), "fps": round(1000.0 / mean, 2),
+            "run_means_ms": [round(m, 3) for m in means], "frames_per_run": len(med)}  # fmt: skip
+
+
+def _steppers(model: torch.nn.Module, kind: str, dtype: torch.dtype | None, device: torch.device) -> dict:
+    """name -> per-frame function ``(x [1,3,H,W], pair, timer) -> None`` (prediction computed and argmaxed)."""
+    out: dict[str, Callable] = {}
+    if kind == "video":
+        state = {"s": model.init_state()}
+
+        def video_step(x: torch.Tensor, pair: FramePair | None, timer: StageTimer | None) -> None:
+            if pair is None:
+                state["s"] = model.init_state()  # clip boundary
+            kwargs = {"timer": timer} if timer is not None else {}
+            with autocast(device, dtype):
+                logits, state["s"] = model.step(x, state["s"], pair=pair, **kwargs)
+            with timer("argmax") if timer is not None else _null():
+                logits.argmax(1)
+
+        out["video"] = video_step
+        image = model.image_model
+    else:
+        image = model
+
+    def image_step(x: torch.Tensor, pair: FramePair | None, timer: StageTimer | None) -> None:
+        with autocast(device, dtype):
+            if timer is None:
+                logits = image(x)
+            else:
+                with timer("backbone"):
+                    feats = image.encode(x)
+                with timer("head"):
+                    logits = image.decode(feats)
+                with timer("upsample"):
+                    logits = image.resize_logits(logits, x.shape[-2:])
+        with timer("argmax") if timer is not None else _null():
+            logits.argmax(1)
+
+    out["image"] = image_step
+    return out
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.frames < 1 or args.runs < 1 or args.warmup < 0:
+        raise ConfigError("--frames and --runs must be at least 1, --warmup at least 0")
+    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+    device = torch.device(dev)
+    run = locate_run(args.run, args.save_dir)
+    ckpt = read_checkpoint(checkpoint_path(run, args.best_model))
+    kind = ckpt.get("kind")
+    if kind == "video":
+        registration = None
+        if args.registration:
+            from models.registration import build_registration
+
+            stored = from_dict(ckpt["config"], "video").video_model_cfg.registration
+            registration = build_registration(args.registration, stored)
+        del ckpt
+        model, cfg, meta = load_video_model(run, args.best_model, registration)
+        provider = model.registration.settings() if model.registration is not None else None
+    else:
+        model, cfg, meta = load_image_model(run, args.best_model)
+        provider = None
+    model.to(device).eval()
+    h = args.height or cfg.data_cfg.crop_size[0]
+    w = args.width or cfg.data_cfg.crop_size[1]
+    model_image = model.image_model if kind == "video" else model
+    model_image.check_input_size(h, w)
+    raw = _frames(cfg, args.split, (h, w), max(args.frames, 50))
+    frames = [(to_tensor([f]).to(device), pair) for f, pair in raw]
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    results: dict[str, Any] = {}
+    for prec in precisions:
+        dtype = torch.bfloat16 if prec == "bf16" else None
+        steppers = _steppers(model, kind, dtype, device)
+        if kind == "video" and args.no_image_baseline:
+            steppers.pop("image")
+        for name, step in steppers.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode():
+                runs = [_time_frames(step, frames, args.frames, args.warmup if r == 0 else 0, device)
+                        for r in range(args.runs)]  # fmt: skip
+                timer = StageTimer(device)
+                n_stage = min(args.frames, 50)
+                _time_frames(step, frames, n_stage, 0, device, timer)
+            entry = _summary(runs)
+            entry["stages_ms"] = {k: round(v / n_stage, 3) for k, v in timer.ms.items()}
+            entry["stage_sum_ms"] = round(sum(entry["stages_ms"].values()), 3)
+            entry["peak_memory_mb"] = (
+                round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda"
+                else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            )  # fmt: skip
+            entry["peak_memory_kind"] = (
+                "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
+            )
+            results[f"{name}/{prec}"] = entry
+        if kind == "video" and "image" in steppers:
+            results[f"ratio/{prec}"] = round(
+                results[f"video/{prec}"]["fps"] / results[f"image/{prec}"]["fps"], 3
+            )
+    report = {
+        "run": str(run), "checkpoint": meta["path"], "kind": kind, "input_size": [h, w], "batch_size": 1,
+        "device": device_name(device), "threads": torch.get_num_threads(),
+        "tf32": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_compile": None,
+        "registration": provider, "frames_source": f"{cfg.data_cfg.dataset} {args.split} clips resized to {h}x{w}",
+        "warmup": args.warmup, "timed_frames": args.frames, "runs": args.runs, "results": results,
+        "software": software(),
+    }  # fmt: skip
+    out = run / "benchmark" / f"{device.type}_{h}x{w}_{args.precision}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(format_report(report))
+    print(f"written to {out}")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table of a benchmark report."""
+    lines = [
+        f"{report['run']} at {report['input_size'][0]}x{report['input_size'][1]}, batch 1, {report['device']}"
+    ]
+    if report["registration"]:
+        lines.append(f"registration: {report['registration'].get('provider', report['registration'])}")
+    lines.append(
+        f"  {'model/precision':<16}{'FPS':>8}{'mean ms':>10}{'p90 ms':>9}{'peak MB':>10}  stages (ms)"
+    )
+    for key, e in report["results"].items():
+        if key.startswith("ratio/"):
+            continue
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in e["stages_ms"].items())
+        lines.append(f"  {key:<16}{e['fps']:>8.2f}{e['mean_ms']:>10.2f}{e['p90_ms']:>9.2f}"
+                     f"{e['peak_memory_mb']:>10.0f}  {stages}")  # fmt: skip
+    for key, v in report["results"].items():
+        if key.startswith("ratio/"):
+            lines.append(f"  video FPS / image FPS ({key[6:]}): {v:.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,125 @@
+"""eval.benchmark in-process on tiny runs: the report, its JSON file, per-stage times, precisions, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from config.errors import ConfigError
+from eval import benchmark
+from tests.conftest import TINY_HW
+from training import train_video
+
+SYNTH = ["video_model_cfg.k_registrator_model=gt", "video_model_cfg.flow.backend=gt"]
+QUICK = ["--frames", "5", "--warmup", "1", "--runs", "2", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small networks on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def video_run(tiny_synthetic: Path, tiny_image_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SSP run (true homographies and flow), one epoch of one step."""
+    h, w = TINY_HW
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_video.main([
+            "ssp_synthetic", *SYNTH,
+            f"save_dir={tmp_path_factory.mktemp('video_runs')}",
+            "data_cfg.dataset=synthetic", f"data_cfg.path={tiny_synthetic}", f"data_cfg.crop_size=[{h}, {w}]",
+            f"image_model_cfg.checkpoint_name={tiny_image_run}",
+            "training_cfg.batch_size=2", "training_cfg.num_epochs=1", "training_cfg.early_stopping=null",
+            "training_cfg.max_steps_per_epoch=1", "training_cfg.max_val_samples=2", "training_cfg.num_workers=0",
+            "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0",
+        ])  # fmt: skip
+    finally:
+        torch.set_num_threads(n)
+
+
+def _check_entry(entry: dict, frames: int, runs: int) -> None:
+    assert entry["fps"] > 0 and entry["mean_ms"] > 0
+    assert 0 < entry["median_ms"] <= entry["p90_ms"]
+    assert entry["fps"] == pytest.approx(1000.0 / entry["mean_ms"], rel=1e-3, abs=0.01)
+    assert len(entry["run_means_ms"]) == runs and entry["frames_per_run"] == frames
+    assert entry["mean_ms"] in entry["run_means_ms"]  # the median run is the one reported
+    assert all(v >= 0 for v in entry["stages_ms"].values())
+    assert entry["stage_sum_ms"] == pytest.approx(sum(entry["stages_ms"].values()), abs=2e-3)
+    assert entry["peak_memory_mb"] > 0 and entry["peak_memory_kind"] == "process peak RSS"
+
+
+def _check_file(run: Path, report: dict, name: str) -> None:
+    out = run / "benchmark" / name
+    assert out.is_file(), sorted(p.name for p in out.parent.iterdir())
+    assert json.loads(out.read_text()) == report
+
+
+def test_video_run_benchmark_fp32(video_run: Path) -> None:
+    report = benchmark.main([str(video_run), *QUICK])
+    _check_file(video_run, report, "cpu_64x96_fp32.json")
+    assert report["kind"] == "video" and report["input_size"] == [64, 96] and report["batch_size"] == 1
+    assert (report["warmup"], report["timed_frames"], report["runs"]) == (1, 5, 2)
+    assert report["threads"] == 1 and report["tf32"] is None
+    res = report["results"]
+    assert set(res) == {"video/fp32", "image/fp32", "ratio/fp32"}
+    for key in ("video/fp32", "image/fp32"):
+        _check_entry(res[key], frames=5, runs=2)
+    assert {"backbone", "head", "warp", "fusion", "registration", "upsample", "argmax"} <= set(
+        res["video/fp32"]["stages_ms"]
+    )
+    assert set(res["image/fp32"]["stages_ms"]) == {"backbone", "head", "upsample", "argmax"}
+    assert res["ratio/fp32"] == round(res["video/fp32"]["fps"] / res["image/fp32"]["fps"], 3)
+    reg = report["registration"]
+    assert reg is not None and reg["provider"] == "gt"  # the run's provider, recorded
+    assert report["frames_source"] == "synthetic val clips resized to 64x96"
+    text = benchmark.format_report(report)
+    assert "registration: gt\n" in text and f"video FPS / image FPS (fp32): {res['ratio/fp32']:.3f}" in text
+
+
+def test_video_run_benchmark_both_precisions_and_options(video_run: Path) -> None:
+    report = benchmark.main([str(video_run), *QUICK, "--precision", "both", "--no-image-baseline"])
+    _check_file(video_run, report, "cpu_64x96_both.json")
+    assert set(report["results"]) == {"video/fp32", "video/bf16"}  # no image network timed, so no ratio
+    for entry in report["results"].values():
+        _check_entry(entry, frames=5, runs=2)
+        assert {"backbone", "head", "warp", "fusion"} <= set(entry["stages_ms"])
+
+    report = benchmark.main([str(video_run), *QUICK, "--precision", "bf16", "--registration", "identity"])
+    _check_file(video_run, report, "cpu_64x96_bf16.json")
+    assert set(report["results"]) == {"video/bf16", "image/bf16", "ratio/bf16"}
+    assert report["results"]["ratio/bf16"] == round(
+        report["results"]["video/bf16"]["fps"] / report["results"]["image/bf16"]["fps"], 3
+    )
+    assert report["registration"]["provider"] == "identity"  # --registration replaces the run's provider
+
+
+def test_bad_arguments_are_config_errors(video_run: Path) -> None:
+    for bad in (["--frames", "0"], ["--runs", "0"], ["--warmup", "-1"]):
+        with pytest.raises(ConfigError, match="at least"):
+            benchmark.main([str(video_run), *QUICK, *bad])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            benchmark.main([str(video_run), *QUICK, "--device", "cuda"])
+
+
+def test_image_run_benchmark_has_image_entries_only(tiny_image_run: Path, tmp_path: Path) -> None:
+    run = Path(
+        shutil.copytree(tiny_image_run, tmp_path / tiny_image_run.name)
+    )  # the shared run stays as it is
+    report = benchmark.main([str(run), *QUICK, "--precision", "both"])
+    _check_file(run, report, "cpu_64x96_both.json")
+    assert report["kind"] == "image" and report["registration"] is None
+    assert set(report["results"]) == {"image/fp32", "image/bf16"}
+    for entry in report["results"].values():
+        _check_entry(entry, frames=5, runs=2)
+        assert set(entry["stages_ms"]) == {"backbone", "head", "upsample", "argmax"}

@@ -1,0 +1,73 @@
+"""train_video and eval.vis.video end to end, in-process: SSP trains, evaluates with TC, resumes, fails clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from config.errors import CheckpointError, ConfigError
+from eval.vis import image as eval_image
+from eval.vis import video as eval_video
+from training import train_video
+
+SYNTH = ["video_model_cfg.k_registrator_model=gt", "video_model_cfg.flow.backend=gt"]
+
+
+def test_ssp_trains_evaluates_and_resumes(tiny_video_overrides: list[str], tiny_image_run: Path) -> None:
+    run = train_video.main(["ssp_synthetic", *tiny_video_overrides, *SYNTH])
+    for name in ("config.yaml", "image_config.yaml", "last.pth", "best.pth", "metrics.json", "log.txt"):
+        assert (run / name).is_file(), name
+    last = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    assert last["kind"] == "video" and last["epoch"] == 2 and last["finished"]
+    assert last["image_config"]["model_cfg"]["backbone"] == "tiny_cnn"
+    assert any(k.startswith("sim.") for k in last["model"]) and not any(
+        "registration" in k for k in last["model"]
+    )
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert {"train_ce", "train_tc"} <= set(epochs[-1]) and epochs[-1]["train_tc"] > 0
+    assert epochs[-1]["val"]["protocol"] == "training_validation"
+
+    metrics = eval_video.main([str(run), "--num-workers", "0"])
+    out = run / "results" / "val"
+    assert metrics is not None and json.loads((out / "metrics.json").read_text())["miou"] == metrics["miou"]
+    assert set(metrics["tc"]) == {"tc_reference", "strict"}
+    for entry in metrics["tc"].values():
+        assert 0.0 <= entry["value"] <= 1.0
+        assert entry["tc_protocol"]["flow"]["model"] == "gt"
+        assert entry["tc_protocol"]["model_inference"].startswith("recurrent")
+    assert metrics["vc"]["8"]["value"] is None  # val clips of 5 frames are shorter than any window
+    assert metrics["registration"]["stats"]["pairs"] > 0
+    for name in ("per_class_iou.csv", "per_clip_tc.csv", "tc_over_time.png"):
+        assert (out / name).is_file(), name
+    clips = [p.stem for p in (out / "side_by_side").glob("*.gif")]
+    assert clips and sorted(clips) == sorted(p.name for p in (out / "pred").iterdir())
+
+    again = train_video.main(["ssp_synthetic", f"resume_training={run}", *tiny_video_overrides, *SYNTH])
+    assert again == run  # finished: resuming does nothing, and is not an error
+
+
+def test_image_evaluation_reports_tc_under_the_same_protocols(tiny_image_run: Path) -> None:
+    metrics = eval_image.main([str(tiny_image_run), "--num-workers", "0", "--no-write-res"])
+    assert metrics is not None
+    cards = {n: e["tc_protocol"] for n, e in metrics["tc"].items()}
+    assert set(cards) == {"tc_reference", "strict"}
+    assert cards["strict"]["model_inference"].startswith("per frame")
+    assert all(0.0 <= e["value"] <= 1.0 for e in metrics["tc"].values())
+
+
+def test_missing_image_run_and_wrong_kind_are_clear_errors(
+    tiny_video_overrides: list[str], tiny_image_run: Path
+) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint_name is empty"):
+        train_video.main(["ssp_synthetic", *tiny_video_overrides, 'image_model_cfg.checkpoint_name=""'])
+    with pytest.raises(CheckpointError, match="not found"):
+        train_video.main(
+            ["ssp_synthetic", *tiny_video_overrides, "image_model_cfg.checkpoint_name=no_such_run"]
+        )
+    with pytest.raises(CheckpointError, match="'image' checkpoint, not 'video'"):
+        eval_video.main([str(tiny_image_run)])
+    with pytest.raises(ConfigError, match="adjacent_frames"):
+        train_video.main(["ssp_synthetic", *tiny_video_overrides, "data_cfg.adjacent_frames=[-2]"])
