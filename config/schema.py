@@ -66,7 +66,8 @@ class DataCfg:
         [-1], "video: offsets of the frames fed with the current one (SSP: [-1]); never wrap around a clip"
     )
     edge_policy: Literal["drop", "repeat_first"] = opt(
-        "drop", "video: a sample whose adjacent frame falls outside its clip is dropped, or uses the edge frame"
+        "drop",
+        "video: a sample whose adjacent frame falls outside its clip is dropped, or uses the edge frame",
     )
     opencv_homos: bool = opt(
         False,
@@ -195,7 +196,9 @@ class RegistrationCfg:
 
     max_keypoints: int = opt(2048, "keypoints per frame (disk: 2048; sift/orb/akaze detector limit)", min=4)
     ratio: float = opt(0.8, "Lowe ratio test for nearest-neighbour matches (OpenCV providers)", min=0)
-    estimator: Literal["ransac", "usac_magsac"] = opt("ransac", "robust fit of the homography (OpenCV providers)")
+    estimator: Literal["ransac", "usac_magsac"] = opt(
+        "ransac", "robust fit of the homography (OpenCV providers)"
+    )
     threshold: float = opt(
         2.5, "inlier threshold: pixels for OpenCV; squared transfer error for disk (kornia semantics)", min=0
     )
@@ -252,14 +255,20 @@ class VideoModelCfg:
     """`video_model_cfg`: the video model (SSP) and its temporal loss."""
 
     model_name: Literal["base"] = opt("base", "base = SSP (semantic similarity propagation)")
-    const_loss_lb: float = opt(0.0, "lambda, weight of the temporal-consistency loss (SSP configs: 0.5)", min=0)
+    const_loss_lb: float = opt(
+        0.0, "lambda, weight of the temporal-consistency loss (SSP configs: 0.5)", min=0
+    )
     kd_consistent_labels: bool = opt(True, "KD: make teacher logits of t-1 and t flow-consistent (KD-SSP)")
     last_out_loss_lb: float = opt(0.0, "KD: weight of the loss on frame t-1's raw prediction", min=0)
-    pred_mixing_op: Literal["id", "conv"] = opt("id", "transform of (warped past, current) logits before fusion")
+    pred_mixing_op: Literal["id", "conv"] = opt(
+        "id", "transform of (warped past, current) logits before fusion"
+    )
     sim_op: Literal["conv", "convbase", "cossim", "constant", "reuse", "avg"] = opt(
         "conv", "similarity s: conv net, cosine, s=0 (constant), s=1 (reuse), one learnt scalar (avg)"
     )
-    upsample_before_mixing: bool = opt(True, "warp and fuse full-size logits (else at stride 4, then upsample)")
+    upsample_before_mixing: bool = opt(
+        True, "warp and fuse full-size logits (else at stride 4, then upsample)"
+    )
     upsampling: Literal["bicubic", "bilinear", "nearest"] = opt("bilinear", "interpolation of logits")
     features_interp_mode: Literal["bilinear", "nearest"] = opt("bilinear", "sampling when warping features")
     k_registrator_model: Literal["disk", "orb", "sift", "akaze", "identity", "gt"] = opt(

@@ -47,7 +47,9 @@ class Clip:
     def pair(self, first: int, second: int) -> FramePair:
         """The frames ``first`` -> ``second`` of this clip (bounds-checked, never wrapped)."""
         if not (0 <= first < len(self.frames) and 0 <= second < len(self.frames)):
-            raise IndexError(f"frame pair ({first}, {second}) outside clip {self.name} of {len(self.frames)} frames")
+            raise IndexError(
+                f"frame pair ({first}, {second}) outside clip {self.name} of {len(self.frames)} frames"
+            )
         return FramePair(self.frames[first], self.frames[second], first, second)
 
 

@@ -209,7 +209,10 @@ class FramePairs(Dataset):
             item["homographies"] = torch.from_numpy(self._gt_homographies(clip, s.indices, m))
         elif self.registration is not None:
             homs, fallbacks = self._registered(clip, s.indices, sample.frames)
-            item["homographies"], item["registration_fallback"] = torch.from_numpy(homs), torch.from_numpy(fallbacks)
+            item["homographies"], item["registration_fallback"] = (
+                torch.from_numpy(homs),
+                torch.from_numpy(fallbacks),
+            )
         if self.gt_flow:
             item["flows"] = torch.from_numpy(self._flows_out(sample.soft, m, out_hw))
         return item

@@ -14,6 +14,7 @@ that one convention holds everywhere:
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -36,10 +37,13 @@ def scale_homography(h: Tensor, s: float, scaling: Literal["reference", "centere
     return m @ h @ torch.linalg.inv(m)
 
 
+@functools.lru_cache(maxsize=16)
 def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``[H,W,2]`` (x, y) pixel coordinates."""
+    """``[H,W,2]`` (x, y) pixel coordinates (cached: streaming warps the same sizes every frame; never modify)."""
     ys, xs = torch.meshgrid(
-        torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype), indexing="ij"
+        torch.arange(h, device=device, dtype=dtype),
+        torch.arange(w, device=device, dtype=dtype),
+        indexing="ij",
     )
     return torch.stack((xs, ys), dim=-1)
 
@@ -62,11 +66,12 @@ def homography_warp(
     hs = scale_homography(h.to(torch.float64), scale, scaling)
     if torch.equal(hs, torch.eye(3, dtype=hs.dtype, device=hs.device).expand_as(hs)):
         return x  # identity registration: exact, and free (the "no registration" ablation)
-    inv = torch.linalg.inv(hs)  # [B,3,3]
-    pix = _pixel_grid(hh, ww, x.device, torch.float64).reshape(1, -1, 2)
-    ones = torch.ones_like(pix[..., :1])
-    src = torch.cat((pix, ones), -1) @ inv.transpose(1, 2)  # [B,N,3]
-    src = src[..., :2] / src[..., 2:].clamp_min(1e-12)  # points behind the camera land far outside
+    # the inverse in float64, the per-pixel map in float32 (1e-4 px at 1280 px is far below what matters)
+    inv = torch.linalg.inv(hs).to(torch.float32)  # [B,3,3]
+    pix = _pixel_grid(hh, ww, x.device, torch.float32).reshape(1, -1, 2)
+    src = pix @ inv[:, :2, :2].transpose(1, 2) + inv[:, None, :2, 2]  # [B,N,2] numerators
+    den = (pix @ inv[:, 2:, :2].transpose(1, 2) + inv[:, None, 2:, 2]).clamp_min(1e-12)
+    src = src / den  # points behind the camera land far outside
     grid = _normalise(src.reshape(b, hh, ww, 2), hh, ww, "exact")
     return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="zeros", align_corners=False)
 
@@ -81,7 +86,9 @@ def _normalise(pos: Tensor, h: int, w: int, grid: Grid) -> Tensor:
     raise ValueError(f"grid must be 'reference' or 'exact', got {grid!r}")
 
 
-def flow_warp(x: Tensor, flow: Tensor, *, mode: str = "nearest", grid: Grid = "exact") -> tuple[Tensor, Tensor]:
+def flow_warp(
+    x: Tensor, flow: Tensor, *, mode: str = "nearest", grid: Grid = "exact"
+) -> tuple[Tensor, Tensor]:
     """Pull ``x`` [B,C,H,W] (a map on the second frame) onto the first frame along ``flow`` [B,2,H,W].
 
     Returns ``(warped [B,C,H,W], inside [B,H,W] bool)``: ``warped(p) = x(p + flow(p))`` with zero padding, and

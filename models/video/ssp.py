@@ -16,6 +16,7 @@ the state dict, the optimizer or the DDP-wrapped module (``ssp.md`` §3.8, §15.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ class SSP(nn.Module):
         scaling: ``reference`` (``S H S^-1``) or ``centered`` homography scaling for stride-4 maps.
         features_interp_mode: sampling mode when warping features.
         freeze_image_model: keep the image network fixed (and in eval mode); train the fusion only.
+        overlap_registration: in :meth:`step`, run a CPU provider in a background thread while the image network
+            runs (same result; the fusion waits for it).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class SSP(nn.Module):
         scaling: str = "reference",
         features_interp_mode: str = "bilinear",
         freeze_image_model: bool = False,
+        overlap_registration: bool = True,
     ) -> None:
         super().__init__()
         self.image_model = image_model
@@ -98,6 +102,8 @@ class SSP(nn.Module):
         if freeze_image_model:
             image_model.requires_grad_(False)
         object.__setattr__(self, "registration", registration)  # not a submodule: never saved or trained
+        self.overlap_registration = overlap_registration
+        object.__setattr__(self, "_executor", None)
 
     @property
     def num_classes(self) -> int:
@@ -149,7 +155,7 @@ class SSP(nn.Module):
             s = self.sim(warped_feats, feats)
             if s.shape[-2:] != cur.shape[-2:]:
                 s = F.interpolate(s, size=cur.shape[-2:], mode="bilinear", align_corners=False)
-            return s * warped + (1 - s) * cur
+            return torch.lerp(cur, warped, s)  # s * warped + (1 - s) * cur, in one pass
 
     # ------------------------------------------------------------------------------------------ streaming
     def init_state(self) -> SSPState:
@@ -170,21 +176,42 @@ class SSP(nn.Module):
         (``pair`` lets stored or cached results be found). ``timer(name)`` wraps the stages for benchmarks.
         """
         size = frame.shape[-2:]
+        frame01 = denormalize(frame) if self.registration is not None else None
+        pending = None
+        if state.fused is not None and homography is None:
+            pairs = None if pair is None else [pair]
+            if self._overlap_registration():
+                # OpenCV registration needs only the two frames: it runs on another core while the network runs
+                pending = self._pool().submit(self.register, state.frame01, frame01, pairs)
+            else:
+                with timer("registration"):
+                    homography = self.register(state.frame01, frame01, pairs)
         with timer("backbone"):
             feats = self.image_model.encode(frame)
         with timer("head"):
             logits = self.image_model.decode(feats)
-        frame01 = denormalize(frame) if self.registration is not None else None
         if state.fused is None:
             fused = self._up(logits, size) if self.upsample_before_mixing else logits
         else:
-            if homography is None:
-                with timer("registration"):
-                    homography = self.register(state.frame01, frame01, None if pair is None else [pair])
+            if pending is not None:
+                with timer("registration"):  # with overlap: only the time the fusion waited for it
+                    homography = pending.result()
             fused = self.fuse(state.fused, state.feats, logits, feats[0], homography, size, timer)
         with timer("upsample"):
             out = self._up(fused, size)
         return out, SSPState(fused=fused, feats=feats[0], frame01=frame01, raw=logits)
+
+    def _overlap_registration(self) -> bool:
+        """Whether streaming runs the provider in a background thread: CPU (OpenCV) providers with
+        ``overlap_registration``; GPU providers (disk) queue on the device anyway."""
+        return self.overlap_registration and bool(getattr(self.registration, "runs_in_loader", False))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            object.__setattr__(
+                self, "_executor", ThreadPoolExecutor(1, thread_name_prefix="ssp-registration")
+            )
+        return self._executor
 
     def image_logits(self, state: SSPState, size: Sequence[int]) -> Tensor:
         """The last frame's plain image prediction [B,K,*size] (what the image network alone would output)."""
