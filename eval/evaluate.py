@@ -35,7 +35,8 @@ def device_name(device: torch.device) -> str:
     """A readable name of the device results were measured on (GPU model, or CPU model and thread count)."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU {_cpu_model()}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
+    n = torch.get_num_threads()
+    return f"CPU {_cpu_model()}, {n} torch thread{'' if n == 1 else 's'}, {os.cpu_count()} cores"
 
 
 def _cpu_model() -> str:

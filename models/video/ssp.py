@@ -15,6 +15,7 @@ the state dict, the optimizer or the DDP-wrapped module (``ssp.md`` §3.8, §15.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -72,7 +73,7 @@ class SSP(nn.Module):
         features_interp_mode: sampling mode when warping features.
         freeze_image_model: keep the image network fixed (and in eval mode); train the fusion only.
         overlap_registration: in :meth:`step`, run a CPU provider in a background thread while the image network
-            runs (same result; the fusion waits for it).
+            runs, when a core is free for it (same result; the fusion waits for it).
     """
 
     def __init__(
@@ -155,7 +156,7 @@ class SSP(nn.Module):
             s = self.sim(warped_feats, feats)
             if s.shape[-2:] != cur.shape[-2:]:
                 s = F.interpolate(s, size=cur.shape[-2:], mode="bilinear", align_corners=False)
-            return torch.lerp(cur, warped, s)  # s * warped + (1 - s) * cur, in one pass
+            return cur + s * (warped - cur)  # = s * warped + (1 - s) * cur, with fewer full-size passes
 
     # ------------------------------------------------------------------------------------------ streaming
     def init_state(self) -> SSPState:
@@ -180,7 +181,7 @@ class SSP(nn.Module):
         pending = None
         if state.fused is not None and homography is None:
             pairs = None if pair is None else [pair]
-            if self._overlap_registration():
+            if self._overlap_registration(frame.device):
                 # OpenCV registration needs only the two frames: it runs on another core while the network runs
                 pending = self._pool().submit(self.register, state.frame01, frame01, pairs)
             else:
@@ -201,10 +202,14 @@ class SSP(nn.Module):
             out = self._up(fused, size)
         return out, SSPState(fused=fused, feats=feats[0], frame01=frame01, raw=logits)
 
-    def _overlap_registration(self) -> bool:
+    def _overlap_registration(self, device: torch.device) -> bool:
         """Whether streaming runs the provider in a background thread: CPU (OpenCV) providers with
-        ``overlap_registration``; GPU providers (disk) queue on the device anyway."""
-        return self.overlap_registration and bool(getattr(self.registration, "runs_in_loader", False))
+        ``overlap_registration``, when a core is free for it (the network on a GPU, or fewer torch threads than
+        cores; on a CPU whose cores torch already uses, the thread only competes with it: measured slower).
+        GPU providers (disk) queue on the device anyway."""
+        if not (self.overlap_registration and getattr(self.registration, "runs_in_loader", False)):
+            return False
+        return device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

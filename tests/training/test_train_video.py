@@ -71,3 +71,32 @@ def test_missing_image_run_and_wrong_kind_are_clear_errors(
         eval_video.main([str(tiny_image_run)])
     with pytest.raises(ConfigError, match="adjacent_frames"):
         train_video.main(["ssp_synthetic", *tiny_video_overrides, "data_cfg.adjacent_frames=[-2]"])
+
+
+def test_torchrun_two_processes_train_ssp(tiny_video_overrides: list[str], tmp_path: Path) -> None:
+    """DDP on 2 CPU processes (gloo): the SSP wrapper trains with its frozen helpers outside DDP."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.train_video", "ssp_synthetic", *tiny_video_overrides, *SYNTH,
+           "training_cfg.vis_samples=0", "training_cfg.num_epochs=1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (run,) = list((tmp_path / "checkpoints").iterdir())
+    last = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    assert last["finished"] and last["step"] == 4 // (2 * 2)  # 4 labelled pairs, batch 2 x 2 processes
+    assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_cli_error_is_one_line(tiny_video_overrides: list[str]) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "training.train_video", "ssp_synthetic", *tiny_video_overrides,
+           "image_model_cfg.checkpoint_name=missing_run"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "missing_run" in proc.stderr
