@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from data.synthetic import SyntheticParams, generate
 
 TINY_HW = (64, 96)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls
+    (seconds per call when another process is busy) and costs little at these sizes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def disk_weight_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Random-init local weights for the disk provider: DISK (``extractor`` entry) and LightGlue-for-DISK, the
+    latter with the released file's old key names (so the loader's renaming is exercised)."""
+    import kornia.feature as kf
+
+    tmp = tmp_path_factory.mktemp("disk")
+    torch.manual_seed(0)
+    torch.save({"extractor": kf.DISK().state_dict()}, tmp / "depth-save.pth")
+    sd = kf.LightGlue(None, input_dim=128).state_dict()
+    sd.pop("confidence_thresholds")
+    old = {re.sub(r"^transformers\.(\d+)\.(self_attn|cross_attn)\.", r"\2.\1.", k): v for k, v in sd.items()}
+    torch.save(old, tmp / "disk_lightglue.pth")
+    return tmp / "depth-save.pth", tmp / "disk_lightglue.pth"
 
 
 @pytest.fixture(scope="session")

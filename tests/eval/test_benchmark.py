@@ -18,15 +18,6 @@ SYNTH = ["video_model_cfg.k_registrator_model=gt", "video_model_cfg.flow.backend
 QUICK = ["--frames", "5", "--warmup", "1", "--runs", "2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def video_run(tiny_synthetic: Path, tiny_image_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SSP run (true homographies and flow), one epoch of one step."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -20,20 +19,7 @@ from models.flow import DISFlow, GTFlow, RaftFlow, build_flow
 from models.flow.base import file_sha256
 from models.flow.gt import resize_flow
 from models.registry import FLOW_PROVIDERS
-
-
-def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Smooth random RGB texture with some fine detail, ``[h,w,3]`` uint8."""
-    rng = np.random.default_rng(seed)
-    coarse = cv2.resize(rng.random((h // 4 + 1, w // 4 + 1, 3), dtype=np.float32), (w, h), cv2.INTER_CUBIC)
-    fine = cv2.GaussianBlur(rng.random((h, w, 3), dtype=np.float32), (3, 3), 0)
-    return np.clip((0.7 * coarse + 0.3 * fine) * 255, 0, 255).astype(np.uint8)
-
-
-def to_tensor(*imgs: np.ndarray) -> torch.Tensor:
-    """``[h,w,3]`` uint8 images -> ``[B,3,h,w]`` float in [0,1]."""
-    return torch.stack([torch.from_numpy(i).permute(2, 0, 1) for i in imgs]).float() / 255
-
+from tests.images import texture, to_tensor
 
 # ------------------------------------------------------------------------------------------------- OpenCV
 
@@ -67,16 +53,6 @@ def test_flow_output_can_be_used_with_grad() -> None:
 
 
 # --------------------------------------------------------------------------------------------------- RAFT
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls
-    (seconds per call when another process is busy) and costs little at these sizes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-import re
 from pathlib import Path
 
 import cv2
@@ -25,20 +24,9 @@ from models.registration import (
 )
 from models.registry import REGISTRATION_PROVIDERS
 from models.warp import homography_warp
+from tests.images import texture, to_tensor
 
 H_TRUE = np.array([[1.01, 0.02, 3.0], [-0.015, 0.99, -2.0], [1e-5, -2e-5, 1.0]])
-
-
-def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Smooth random RGB texture with some fine detail, ``[h,w,3]`` uint8."""
-    rng = np.random.default_rng(seed)
-    coarse = cv2.resize(rng.random((h // 4 + 1, w // 4 + 1, 3), dtype=np.float32), (w, h), cv2.INTER_CUBIC)
-    fine = cv2.GaussianBlur(rng.random((h, w, 3), dtype=np.float32), (3, 3), 0)
-    return np.clip((0.7 * coarse + 0.3 * fine) * 255, 0, 255).astype(np.uint8)
-
-
-def to_tensor(*imgs: np.ndarray) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(i).permute(2, 0, 1) for i in imgs]).float() / 255
 
 
 def corner_error(h: np.ndarray, ref: np.ndarray, size_hw: tuple[int, int]) -> float:
@@ -219,36 +207,12 @@ def test_unknown_provider() -> None:
 # --------------------------------------------------------------------------------------------------- DISK
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls
-    (seconds per call when another process is busy) and costs little at these sizes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def disk_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Random DISK ('extractor' entry) and LightGlue weights, the latter with the released file's old key names."""
-    kf = pytest.importorskip("kornia.feature")
-    tmp = tmp_path_factory.mktemp("disk")
-    torch.manual_seed(0)
-    torch.save({"extractor": kf.DISK().state_dict()}, tmp / "depth-save.pth")
-    sd = kf.LightGlue(None, input_dim=128).state_dict()
-    sd.pop("confidence_thresholds")
-    old = {re.sub(r"^transformers\.(\d+)\.(self_attn|cross_attn)\.", r"\2.\1.", k): v for k, v in sd.items()}
-    torch.save(old, tmp / "disk_lightglue.pth")
-    return tmp / "depth-save.pth", tmp / "disk_lightglue.pth"
-
-
 def _disk_cfg(files: tuple[Path, Path], **kw: object) -> RegistrationCfg:
     return RegistrationCfg(disk_weights=str(files[0]), lightglue_weights=str(files[1]), cache=False, **kw)
 
 
-def test_disk_runs_and_falls_back(disk_files: tuple[Path, Path]) -> None:
-    provider = build_registration("disk", _disk_cfg(disk_files, max_keypoints=64))
+def test_disk_runs_and_falls_back(disk_weight_files: tuple[Path, Path]) -> None:
+    provider = build_registration("disk", _disk_cfg(disk_weight_files, max_keypoints=64))
     img = to_tensor(texture(64, 64))
     h = provider.estimate(img.expand(2, -1, -1, -1), torch.roll(img, (3, 2), (2, 3)).expand(2, -1, -1, -1))
     assert h.shape == (2, 3, 3) and h.dtype == torch.float32 and torch.isfinite(h).all()
@@ -263,10 +227,12 @@ def test_disk_runs_and_falls_back(disk_files: tuple[Path, Path]) -> None:
 
 
 def test_disk_geometry_with_exact_matches(
-    disk_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    disk_weight_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With correct matches (a stand-in for trained LightGlue), RANSAC recovers a shift prev -> cur."""
-    provider = build_registration("disk", _disk_cfg(disk_files, max_keypoints=256, input_norm="imagenet"))
+    provider = build_registration(
+        "disk", _disk_cfg(disk_weight_files, max_keypoints=256, input_norm="imagenet")
+    )
 
     shift = {"px": 16.0}
 
@@ -289,13 +255,13 @@ def test_disk_geometry_with_exact_matches(
     assert provider.stats()["feature_reuse"] == 1 and provider.stats()["fallback_identity"] == 0
 
 
-def test_disk_weight_errors(disk_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_disk_weight_errors(disk_weight_files: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"missing\.pth.*cvlab-epfl"):
-        build_registration("disk", _disk_cfg((tmp_path / "missing.pth", disk_files[1])))
+        build_registration("disk", _disk_cfg((tmp_path / "missing.pth", disk_weight_files[1])))
     with pytest.raises(CheckpointError, match=r"nolg\.pth.*LightGlue"):
-        build_registration("disk", _disk_cfg((disk_files[0], tmp_path / "nolg.pth")))
+        build_registration("disk", _disk_cfg((disk_weight_files[0], tmp_path / "nolg.pth")))
     bare = tmp_path / "bare.pth"  # a bare DISK state dict is accepted too
-    torch.save(torch.load(disk_files[0], weights_only=True)["extractor"], bare)
-    build_registration("disk", _disk_cfg((bare, disk_files[1])))
+    torch.save(torch.load(disk_weight_files[0], weights_only=True)["extractor"], bare)
+    build_registration("disk", _disk_cfg((bare, disk_weight_files[1])))
     with pytest.raises(CheckpointError, match="does not fit kornia DISK"):
-        build_registration("disk", _disk_cfg((disk_files[1], disk_files[1])))
+        build_registration("disk", _disk_cfg((disk_weight_files[1], disk_weight_files[1])))

@@ -24,26 +24,16 @@ from training import train_video
 CONFIGS = sorted(p.stem for p in (CONFIG_ROOT / "video").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def weight_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def weight_files(
+    tmp_path_factory: pytest.TempPathFactory, disk_weight_files: tuple[Path, Path]
+) -> dict[str, Path]:
     """Random-init stand-ins for the local weights the UAVid configs name (DISK, LightGlue-for-DISK, RAFT)."""
-    kf = pytest.importorskip("kornia.feature")
     from torchvision.models.optical_flow import raft_large, raft_small
 
     tmp = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    files = {"disk": tmp / "depth-save.pth", "lightglue": tmp / "disk_lightglue.pth"}
-    torch.save({"extractor": kf.DISK().state_dict()}, files["disk"])
-    torch.save(kf.LightGlue(None, input_dim=128).state_dict(), files["lightglue"])
+    files = {"disk": disk_weight_files[0], "lightglue": disk_weight_files[1]}
     # plain names: torchvision-style names (<arch>-<sha8>.pth) would have their digest checked
     for arch, build in (("raft_large", raft_large), ("raft_small", raft_small)):
         files[arch] = tmp / f"{arch}.pth"
