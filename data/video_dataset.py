@@ -27,13 +27,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from config.errors import DataError
+from data.augment import VideoTrainAugment
 from data.catalog import IGNORE_INDEX, DatasetInfo
 from data.frames import Clip, FramePair
 from data.image_dataset import LabelledFrames, load_frame
 from data.synthetic.io import load_flow, load_homographies
 from data.transforms import (
     ClipSample,
-    VideoTrainAugment,
     _apply_geometry,
     _scale,
     resize_soft,

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from config.errors import CheckpointError, ConfigError, run_cli
+from data.augment import ImageTrainAugment
 from data.catalog import get_dataset_info
 from data.frames import ensure_dataset, read_split
 from data.image_dataset import LabelledFrames
-from data.transforms import ImageTrainAugment
 from eval.evaluate import validate
 from models.build import build_image_model
 from models.runs import weights_for_init

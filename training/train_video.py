@@ -17,9 +17,9 @@ import torch
 
 from config.errors import ConfigError, run_cli
 from config.loader import save, to_dict
+from data.augment import VideoTrainAugment
 from data.catalog import get_dataset_info
 from data.frames import ensure_dataset, read_split
-from data.transforms import VideoTrainAugment
 from data.video_dataset import FramePairs
 from eval.evaluate import validate
 from models.build import build_video_model

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from data.augment import ImageTrainAugment, VideoTrainAugment
 from data.photometric import gauss_op, hsv_op, jpeg_op, tone_lut
 from data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClipSample,
-    ImageTrainAugment,
-    VideoTrainAugment,
     center_square_crop,
     denormalize,
     random_square_crop,

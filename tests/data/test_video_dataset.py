@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from data.augment import VideoTrainAugment
 from data.catalog import get_dataset_info
 from data.frames import Clip, FramePair, read_split
 from data.synthetic.io import save_npz, write_mask, write_rgb
-from data.transforms import VideoTrainAugment, denormalize
+from data.transforms import denormalize
 from data.video_dataset import FramePairs
 from models.warp import flow_warp, homography_warp
 
