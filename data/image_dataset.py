@@ -106,13 +106,20 @@ class FrameStream(Dataset):
     """Every frame of every clip in order (optionally the ``--skip-frames`` subset), for evaluation.
 
     Item: ``image`` [3,H,W], ``label`` [H,W] int64 (all 255 when unlabelled), ``labelled`` bool, ``clip_index``,
-    ``t`` (index in the clip), ``clip`` and ``frame`` names, and ``rgb`` [H,W,3] uint8 for overlays.
+    ``t`` (index in the clip), ``clip`` and ``frame`` names, and ``rgb`` [H,W,3] uint8 for overlays. With
+    ``native_labels`` a labelled frame's ``label`` keeps the mask file's resolution (batch with
+    :func:`collate_stream`, since sizes may differ between clips).
     """
 
     def __init__(
-        self, clips: list[Clip], info: DatasetInfo, size_hw: tuple[int, int], skip_frames: int = 1
+        self,
+        clips: list[Clip],
+        info: DatasetInfo,
+        size_hw: tuple[int, int],
+        skip_frames: int = 1,
+        native_labels: bool = False,
     ) -> None:
-        self.clips, self.info, self.size_hw = clips, info, tuple(size_hw)
+        self.clips, self.info, self.size_hw, self.native_labels = clips, info, tuple(size_hw), native_labels
         self.items = [
             FrameRef(c, i) for c, clip in enumerate(clips) for i in frame_sampling(len(clip), skip_frames)
         ]
@@ -124,6 +131,8 @@ class FrameStream(Dataset):
         ref = self.items[idx]
         clip = self.clips[ref.clip]
         frame, label = load_frame(clip, ref.index, self.info, self.size_hw)
+        if self.native_labels and ref.index in clip.masks:
+            label = read_mask(clip.masks[ref.index], self.info)  # metrics at the label's own resolution
         return {
             "image": to_tensor([frame])[0],
             "label": torch.from_numpy(label.astype(np.int64)),
@@ -134,6 +143,19 @@ class FrameStream(Dataset):
             "clip": clip.name,
             "frame": clip.frames[ref.index].stem,
         }
+
+
+def collate_stream(items: list[dict]) -> dict:
+    """``default_collate`` for :class:`FrameStream` items, with ``label`` kept as a list of [h,w] tensors when their
+    sizes differ (native-resolution labels)."""
+    from torch.utils.data import default_collate
+
+    labels = [it["label"] for it in items]
+    if len({tuple(lb.shape) for lb in labels}) == 1:
+        return default_collate(items)
+    out = default_collate([{k: v for k, v in it.items() if k != "label"} for it in items])
+    out["label"] = labels
+    return out
 
 
 def worker_init(worker_id: int) -> None:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from config.errors import ConfigError, run_cli
 from data.catalog import get_dataset_info
 from data.frames import ensure_dataset, read_split
-from data.image_dataset import FrameStream, worker_init
+from data.image_dataset import FrameStream, collate_stream, worker_init
 from eval.evaluate import device_name, predict_tta, software
 from eval.vis.outputs import LogitsWriter, PredictionWriter, format_scores, format_table, write_metrics
 from eval.vis.stream import FrameScorer, add_common_args, build_tc, build_vc, resolve_device
@@ -72,10 +72,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     size = tuple(cfg.data_cfg.crop_size)
     root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, size, cfg.data_cfg.generate_if_missing)
     clips = read_split(root, args.split, info)
-    stream = FrameStream(clips, info, size, args.skip_frames)
-    loader = DataLoader(
-        stream, batch_size=args.batch_size, num_workers=args.num_workers, worker_init_fn=worker_init
-    )
+    stream = FrameStream(clips, info, size, args.skip_frames, native_labels=args.resolution == "label")
+    loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.num_workers,
+                        worker_init_fn=worker_init, collate_fn=collate_stream)  # fmt: skip
     amp = torch.bfloat16 if device.type == "cuda" else None
     tta = "multiscale" if args.multiscale and args.tta == "none" else args.tta
 
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     metrics = {
         "split": args.split, "run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
         "dataset": info.name, "skip_frames": args.skip_frames,
-        **scorer.metrics(size, "per frame (image)", sw),
+        **scorer.metrics(size, "per frame (image)", sw, args.resolution),
         "device": device_name(device), "software": sw,
     }  # fmt: skip
     metrics["miou"]["tta"] = tta

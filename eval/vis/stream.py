@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from config.errors import ConfigError
 from data.catalog import DatasetInfo
@@ -48,6 +49,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         "--tc-flow-weights", default=None, help="local RAFT weights (default: base_checkpoints/...)"
     )
     p.add_argument("--vc", default="8,16", help="VC_n window lengths (dense labels only); 'none' skips VC")
+    p.add_argument("--resolution", default="input", choices=["input", "label"],
+                   help="where mIoU is computed: the model input size (reference; labels resized nearest) or "
+                        "each mask's own size (logits resized bilinearly, then argmax); TC stays at the input size")  # fmt: skip
 
 
 def resolve_device(arg: str) -> torch.device:
@@ -101,8 +105,11 @@ class FrameScorer:
         self._clip: int | None = None
 
     def add(self, clip_index: int, t: int, rgb: np.ndarray | torch.Tensor, pred: torch.Tensor,
-            label: torch.Tensor | None) -> None:  # fmt: skip
-        """Frame ``t`` of clip ``clip_index``: ``rgb`` [H,W,3] uint8, ``pred`` [H,W] ids, ``label`` [H,W] or None."""
+            label: torch.Tensor | None, logits: torch.Tensor | None = None) -> None:  # fmt: skip
+        """Frame ``t`` of clip ``clip_index``: ``rgb`` [H,W,3] uint8, ``pred`` [H,W] ids, ``label`` [h,w] or None.
+
+        A label of another size than ``pred`` (``--resolution label``) is scored against ``logits`` [K,H,W]
+        resized bilinearly to the label's size, then argmax (``metrics.md`` §1)."""
         clip = self.clips[clip_index]
         if clip_index != self._clip:
             self._clip = clip_index
@@ -111,22 +118,39 @@ class FrameScorer:
             for v in self.vc:
                 v.start_clip(clip.name, n_frames=len(clip))
         if label is not None:
-            self.cm.update(pred, label.to(pred.device))
+            scored = pred
+            if tuple(label.shape) != tuple(pred.shape):
+                if logits is None:
+                    raise ValueError("a label at another resolution than the prediction needs the logits")
+                size = tuple(label.shape)
+                scored = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[
+                    0
+                ]
+                scored = scored.argmax(0)
+            self.cm.update(scored, label.to(pred.device))
             self.labelled_frames += 1
         if self.tc is not None:
             frame01 = torch.as_tensor(np.asarray(rgb)).to(pred.device).permute(2, 0, 1).float() / 255.0
             nxt = clip.pair(t, t + 1) if t + 1 < len(clip) else None
             self.tc.add(frame01, pred, nxt, t)
+        vc_label = label
+        if label is not None and tuple(label.shape) != tuple(pred.shape):  # VC_n is defined at the input size
+            vc_label = F.interpolate(label[None, None].float(), size=tuple(pred.shape), mode="nearest")[
+                0, 0
+            ].long()
         for v in self.vc:
-            v.add(t, pred, label)
+            v.add(t, pred, vc_label)
 
-    def metrics(self, size: tuple[int, int], model_inference: str, software: dict) -> dict:
+    def metrics(
+        self, size: tuple[int, int], model_inference: str, software: dict, resolution: str = "input"
+    ) -> dict:
         """The scores of ``metrics.json`` (``metrics.md`` §8), each with its protocol."""
         names = self.info.class_names
         s = self.cm.summary(names)
         out: dict[str, Any] = {
-            "miou": {"value": s["miou"], "mode": "nan_exclude", "aggregation": "dataset", "resolution": list(size),
-                     "label_resize": "nearest", "ignore_index": self.info.ignore_index, "tta": "none",
+            "miou": {"value": s["miou"], "mode": "nan_exclude", "aggregation": "dataset",
+                     "resolution": list(size) if resolution == "input" else "label (each mask's own size)",
+                     "label_resize": "nearest" if resolution == "input" else "none; logits resized bilinearly", "ignore_index": self.info.ignore_index, "tta": "none",
                      "frames": self.labelled_frames, "classes": list(names), "per_class": s["per_class"]},
             **{k: s[k] for k in ("miou_zero", "pixel_acc", "mean_class_acc", "fwiou", "labelled_pixels",
                                  "confusion_matrix")},

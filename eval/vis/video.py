@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import cv2
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -47,8 +48,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     size = tuple(cfg.data_cfg.crop_size)
     root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, size, cfg.data_cfg.generate_if_missing)
     clips = read_split(root, args.split, info)
-    loader = DataLoader(FrameStream(clips, info, size), batch_size=1, num_workers=args.num_workers,
-                        worker_init_fn=worker_init)  # fmt: skip
+    stream = FrameStream(clips, info, size, native_labels=args.resolution == "label")
+    loader = DataLoader(stream, batch_size=1, num_workers=args.num_workers, worker_init_fn=worker_init)
     amp = torch.bfloat16 if device.type == "cuda" else None
     scorer = None
     if args.evaluation:
@@ -73,12 +74,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         label = item["label"][0] if bool(item["labelled"][0]) else None
         rgb = item["rgb"][0].numpy()
         if scorer is not None:
-            scorer.add(c, t, rgb, pred, label)
+            scorer.add(c, t, rgb, pred, label, logits[0])
         if writer is not None:
             ids = pred.cpu().numpy().astype("uint8")
             writer.add(clip.name, item["frame"][0], rgb, ids)
             image_ids = model.image_logits(state, size)[0].float().argmax(0).cpu().numpy().astype("uint8")
-            side.add(clip.name, rgb, image_ids, ids, None if label is None else label.numpy().astype("uint8"))
+            gt = None if label is None else label.numpy().astype("uint8")
+            if gt is not None and gt.shape != ids.shape:  # --resolution label: show it at the frame's size
+                gt = cv2.resize(gt, (ids.shape[1], ids.shape[0]), interpolation=cv2.INTER_NEAREST)
+            side.add(clip.name, rgb, image_ids, ids, gt)
     if writer is not None:
         writer.close()
         side.close()
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     metrics = {
         "split": args.split, "run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
         "dataset": info.name, "image_run": meta.get("image_run"),
-        **scorer.metrics(size, "recurrent over each clip (video)", sw),
+        **scorer.metrics(size, "recurrent over each clip (video)", sw, args.resolution),
         "registration": reg, "device": device_name(device), "software": sw,
     }  # fmt: skip
     write_metrics(out, metrics, scorer.cm.per_class_rows(info.class_names))
