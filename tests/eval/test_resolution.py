@@ -35,7 +35,9 @@ def test_stream_serves_native_masks(tiny_synthetic: Path, tmp_path: Path) -> Non
     shutil.copytree(tiny_synthetic, root)
     for mask in root.glob("data/*/mask/*.png"):
         m = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
-        cv2.imwrite(str(mask), cv2.resize(m, (m.shape[1] * 2, m.shape[0] * 2), interpolation=cv2.INTER_NEAREST))
+        cv2.imwrite(
+            str(mask), cv2.resize(m, (m.shape[1] * 2, m.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+        )
     clips = read_split(root, "val", SYNTHETIC)
     native = FrameStream(clips, SYNTHETIC, (64, 96), native_labels=True)
     item = native[0]
@@ -46,7 +48,16 @@ def test_stream_serves_native_masks(tiny_synthetic: Path, tmp_path: Path) -> Non
 
 
 def test_label_resolution_equals_input_when_sizes_match(tiny_image_run: Path) -> None:
-    common = [str(tiny_image_run), "--num-workers", "0", "--no-write-res", "--tc-protocol", "none", "--vc", "none"]
+    common = [
+        str(tiny_image_run),
+        "--num-workers",
+        "0",
+        "--no-write-res",
+        "--tc-protocol",
+        "none",
+        "--vc",
+        "none",
+    ]
     at_input = eval_image.main(common)
     at_label = eval_image.main([*common, "--resolution", "label"])
     assert at_input is not None and at_label is not None
