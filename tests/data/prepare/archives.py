@@ -143,3 +143,15 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def train_one_step(dataset: str, root: Path, save_dir: Path, hw: tuple[int, int]) -> Path:
+    """Train a tiny image model for one step on a prepared dataset; return the run folder."""
+    from training import train_image
+
+    return train_image.main([
+        "base_synthetic", f"data_cfg.dataset={dataset}", f"data_cfg.path={root}", f"save_dir={save_dir}",
+        f"data_cfg.crop_size=[{hw[0]}, {hw[1]}]", "model_cfg.backbone=tiny_cnn", "training_cfg.batch_size=2",
+        "training_cfg.num_epochs=1", "training_cfg.max_steps_per_epoch=1", "training_cfg.num_workers=0",
+        "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0",
+    ])  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 
 from data.prepare import cityscapes, cli
 from data.prepare.common import BuildContext, PrepareError, Report
+from tests.data.prepare.archives import train_one_step
 
 H, W = 64, 96
 LABEL_INDEX, SNIPPET_LEN = 3, 6
@@ -150,7 +151,6 @@ def test_wrong_archive_is_a_clear_error(tmp_path: Path, archives: dict[str, Path
 
 def test_driver_end_to_end_then_train_one_step(tmp_path: Path, archives: dict[str, Path]) -> None:
     """``python -m data.prepare --only cityscapes`` on datasets/, then one training step on the result."""
-    from training import train_image
 
     datasets = tmp_path / "datasets"
     status = cli.main(
@@ -161,9 +161,5 @@ def test_driver_end_to_end_then_train_one_step(tmp_path: Path, archives: dict[st
     report = json.loads((root / "prepare_report.json").read_text())
     assert report["clips"]["train"] == 4 and report["clips"]["val"] == 1 and report["frames"]["total"] == 30
     assert report["labelled_frames"]["total"] == 5 and report["pixels_per_class"]["car"] == 5 * 16 * W
-    train_image.main(["base_synthetic", "data_cfg.dataset=cityscapes", f"data_cfg.path={root}",
-                      "model_cfg.backbone=tiny_cnn", f"data_cfg.crop_size=[{H}, {W}]",
-                      "training_cfg.batch_size=2", "training_cfg.num_epochs=1",
-                      "training_cfg.max_steps_per_epoch=1", "training_cfg.num_workers=0",
-                      "optim_cfg.warmup_epochs=0", f"save_dir={tmp_path / 'ck'}"])  # fmt: skip
+    train_one_step("cityscapes", root, tmp_path / "ck", (H, W))
     assert any((tmp_path / "ck").rglob("*.pth"))

@@ -14,6 +14,7 @@ import pytest
 from data.catalog import RURALSCAPES
 from data.prepare import cli, ruralscapes
 from data.prepare.common import BuildContext, PrepareError, Report
+from tests.data.prepare.archives import train_one_step
 
 H, W = 64, 96
 N_FRAMES = 20  # frames 0..19; extracted: 0, 2, ..., 18 and the last, 19
@@ -158,7 +159,6 @@ def test_corrupt_archive_is_a_clear_error(tmp_path: Path, archive: Path) -> None
 
 def test_driver_end_to_end_then_train_one_step(tmp_path: Path, archive: Path) -> None:
     """``python -m data.prepare --only ruralscapes`` on datasets/, then one training step on the result."""
-    from training import train_image
 
     datasets = archive.parent
     status = cli.main(
@@ -176,9 +176,5 @@ def test_driver_end_to_end_then_train_one_step(tmp_path: Path, archive: Path) ->
         "Ruralscapes/labels/manual_labels/DJI_0043/segfull_DJI_0043_000012.png"
     ]
     assert report["pixels_per_class"]["water"] > 0 and report["converter"]["train_clips"] == 2
-    train_image.main(["base_synthetic", "data_cfg.dataset=ruralscapes", f"data_cfg.path={root}",
-                      "model_cfg.backbone=tiny_cnn", f"data_cfg.crop_size=[{H}, {W}]",
-                      "training_cfg.batch_size=2", "training_cfg.num_epochs=1",
-                      "training_cfg.max_steps_per_epoch=1", "training_cfg.num_workers=0",
-                      "optim_cfg.warmup_epochs=0", f"save_dir={tmp_path / 'ck'}"])  # fmt: skip
+    train_one_step("ruralscapes", root, tmp_path / "ck", (H, W))
     assert any((tmp_path / "ck").rglob("*.pth"))

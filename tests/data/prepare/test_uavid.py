@@ -19,6 +19,7 @@ from tests.data.prepare.archives import (
     make_uavid_archives,
     make_uavid_zip,
     make_vdd_zip,
+    train_one_step,
 )
 
 # 12 frames per video, labels every 5: frame 0 dropped, clips 1-5 and 6-10 (label on 5 and 10), frame 11 dropped
@@ -93,14 +94,8 @@ def test_report(prepared: Path) -> None:
 
 def test_a_model_trains_and_evaluates_on_the_result(prepared: Path, tmp_path: Path) -> None:
     from eval.vis import image as vis_image
-    from training import train_image
 
-    run = train_image.main([
-        "base_synthetic", "data_cfg.dataset=uavid", f"data_cfg.path={prepared}", f"save_dir={tmp_path}",
-        f"data_cfg.crop_size=[{HW[0]}, {HW[1]}]", "model_cfg.backbone=tiny_cnn", "training_cfg.batch_size=2",
-        "training_cfg.num_epochs=1", "training_cfg.max_steps_per_epoch=1", "training_cfg.num_workers=0",
-        "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0",
-    ])  # fmt: skip
+    run = train_one_step("uavid", prepared, tmp_path, HW)
     metrics = vis_image.main([str(run), "--no-write-res", "--num-workers", "0", "--tc-protocol", "none"])
     assert metrics["miou"]["frames"] == 2  # the two labelled val frames
     assert 0.0 <= metrics["miou"]["value"] <= 1.0
