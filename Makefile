@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo docs lint clean-demo
+.PHONY: setup test test-slow demo docs lint clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(STAMP)
 # CPU-only, no network, fast; `slow` and `gpu` tests are skipped (run them with: $(PY) -m pytest -m slow).
 test: setup
 	$(PY) -m pytest -q
+
+# The slow end-to-end tests (torchrun DDP, kill-and-resume); CI runs them after `make test`.
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 # Generate the synthetic aerial video set, train the image model on it, evaluate it, print the results table.
 demo: setup

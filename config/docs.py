@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from config.loader import _type_name
+from config.loader import section_type, type_name
 from config.schema import KINDS
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configs.md"
@@ -39,30 +39,32 @@ def _default(f: dataclasses.Field) -> str:
     return str(value)
 
 
+def _section(lines: list[str], path: str, sec: type, doc: str) -> None:
+    """A table of ``sec``'s plain keys, then one table per nested section (recursively)."""
+    hints = typing.get_type_hints(sec)
+    fields = dataclasses.fields(sec)
+    plain = [f for f in fields if section_type(hints[f.name]) is None]
+    if path:
+        lines.append(f"### `{path}`: {doc}\n")
+    lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in plain:
+        tp = type_name(hints[f.name]).replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {tp} | `{_default(f)}` | {f.metadata['doc']} |")
+    lines.append("")
+    for f in fields:
+        nested = section_type(hints[f.name])
+        if nested is not None:
+            optional = " (optional: null = not set)" if nested is not hints[f.name] else ""
+            title = (nested.__doc__ or "").split(":", 1)[-1].strip().split("\n")[0]
+            _section(lines, f"{path}.{f.name}" if path else f.name, nested, title + optional)
+
+
 def render() -> str:
     """The Markdown text of ``docs/configs.md``."""
     lines = [_HEADER]
     for kind, schema in KINDS.items():
         lines.append(f"## {kind} configs (`config/{kind}/`)\n")
-        hints = typing.get_type_hints(schema)
-        top = [f for f in dataclasses.fields(schema) if not dataclasses.is_dataclass(hints[f.name])]
-        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-        lines += [
-            f"| `{f.name}` | {_type_name(hints[f.name])} | `{_default(f)}` | {f.metadata['doc']} |"
-            for f in top
-        ]
-        lines.append("")
-        for f in dataclasses.fields(schema):
-            sec = hints[f.name]
-            if not dataclasses.is_dataclass(sec):
-                continue
-            sec_hints = typing.get_type_hints(sec)
-            lines += [f"### `{f.name}`: {(sec.__doc__ or '').split(':', 1)[-1].strip()}\n"]
-            lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-            for g in dataclasses.fields(sec):
-                tp = _type_name(sec_hints[g.name]).replace("|", "\\|")
-                lines.append(f"| `{g.name}` | {tp} | `{_default(g)}` | {g.metadata['doc']} |")
-            lines.append("")
+        _section(lines, "", schema, "")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -82,14 +82,14 @@ def resolve_config_path(name: str, kind: str) -> Path:
 # ----------------------------------------------------------------------------------------------- type checks
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(tp)))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        return f"a list of {type_name(typing.get_args(tp)[0])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -110,7 +110,7 @@ def _check_value(value: Any, tp: Any, key: str, meta: dict) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
         if "length" in meta and len(value) != meta["length"]:
             raise ConfigError(f"{key}: expected {meta['length']} values, got {len(value)}")
         (item_tp,) = typing.get_args(tp)
@@ -140,7 +140,18 @@ def _check_scalar(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
+
+
+def section_type(tp: Any) -> type | None:
+    """The section dataclass of a field type ``Section`` or ``Section | None`` (an optional method section)."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
 
 
 def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
@@ -157,23 +168,26 @@ def check_layer(data: dict, cls: type, prefix: str = "") -> dict:
         if key not in fields:
             raise ConfigError(f"{path}: unknown key{did_you_mean(str(key), fields)}")
         tp, fld = fields[key]
-        if dataclasses.is_dataclass(tp):
+        section = section_type(tp)
+        if section is not None:
             if value is None:
-                continue  # an empty section in YAML ("data_cfg:") means "all defaults"
+                continue  # an empty section in YAML ("data_cfg:") means "all defaults" (or "not set")
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: expected a section (a mapping of keys), got {value!r}")
-            out[key] = check_layer(value, tp, f"{path}.")
+            out[key] = check_layer(value, section, f"{path}.")
         else:
             out[key] = _check_value(value, tp, path, dict(fld.metadata))
     return out
 
 
-def _merge(base: dict, top: dict) -> dict:
+def merge_layers(base: dict, top: dict) -> dict:
     """Section-wise merge: nested dicts merge key by key, everything else is replaced."""
     out = dict(base)
     for key, value in top.items():
         out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+            merge_layers(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
         )
     return out
 
@@ -182,7 +196,8 @@ def _build(cls: type, data: dict) -> Any:
     kwargs = {}
     for name, (tp, _) in _fields(cls).items():
         if name in data:
-            kwargs[name] = _build(tp, data[name]) if dataclasses.is_dataclass(tp) else data[name]
+            section = section_type(tp)
+            kwargs[name] = _build(section, data[name]) if section is not None else data[name]
     return cls(**kwargs)
 
 
@@ -237,7 +252,7 @@ def load_layers(name_or_path: str, kind: str, overrides: list[str] | None = None
     merged: dict = {}
     for source, layer in layers:
         try:
-            merged = _merge(merged, check_layer(layer, schema))
+            merged = merge_layers(merged, check_layer(layer, schema))
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
     return merged, path

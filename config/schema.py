@@ -10,6 +10,7 @@ Types allowed in the schema (the loader checks them): ``bool``, ``int``, ``float
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ def opt(default: Any, doc: str, **meta: Any) -> Any:
     """A schema field: ``default`` (lists are copied per instance), a one-line ``doc`` and extra checks.
 
     Extra checks: ``length`` (exact list length), ``min`` (lower bound for numbers and list items).
+    ``registry`` names the registry (its kind, e.g. ``"flow provider"``) whose names a ``Literal`` key lists, and
+    ``registry_extra`` the choices that are not in it; a test checks that the two lists agree.
     """
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata={"doc": doc, **meta})
@@ -82,6 +85,8 @@ class ModelCfg:
     model_architecture: Literal["hierasam_upernet", "upernet", "fcn8s", "swiftnet"] = opt(
         "hierasam_upernet",
         "hierasam_upernet = SAM2 Hiera (checkpoint_model) + UperNet; otherwise the head on model_cfg.backbone",
+        registry="head",
+        registry_extra=("hierasam_upernet",),
     )
     checkpoint_model: Literal["tiny", "small", "base_plus"] = opt(
         "small", "SAM2 Hiera size for hierasam_upernet; also fixes the UperNet width (128/256/512)"
@@ -222,7 +227,7 @@ class FlowCfg:
     """`video_model_cfg.flow`: the optical-flow provider of the temporal-consistency loss."""
 
     backend: Literal["raft_large", "raft_small", "dis", "farneback", "gt"] = opt(
-        "raft_large", "flow provider; gt = the synthetic set's true flow"
+        "raft_large", "flow provider; gt = the synthetic set's true flow", registry="flow provider"
     )
     weights: str | None = opt(
         None, "local RAFT weights; null = base_checkpoints/raft_large_C_T_V1-22a6c225.pth (or raft_small_...)"
@@ -251,20 +256,60 @@ class TCLossCfg:
 
 
 @dataclass
-class VideoModelCfg:
-    """`video_model_cfg`: the video model (SSP) and its temporal loss."""
+class DFFCfg:
+    """`video_model_cfg.dff`: deep feature flow (``model_name: dff2``, ``ssp.md`` §4.1)."""
 
-    model_name: Literal["base"] = opt("base", "base = SSP (semantic similarity propagation)")
+    k_interval: int = opt(8, "inference: frame i of a clip is a keyframe when i mod k_interval == 0", min=1)
+    flow: Literal["raft_large", "raft_small", "dis", "farneback", "gt"] = opt(
+        "raft_large",
+        "flow to the previous frame: a RAFT network (trainable, local weights) or a frozen provider",
+        registry="flow provider",
+    )
+    flow_weights: str | None = opt(
+        None, "local RAFT weights; null = base_checkpoints/raft_large_C_T_V1-22a6c225.pth (or raft_small_...)"
+    )
+    flow_iters: int = opt(8, "RAFT refinement iterations inside the model", min=1)
+    flow_input_norm: Literal["minus1_1", "imagenet"] = opt(
+        "minus1_1", "RAFT input: [-1,1] as torchvision expects, or ImageNet-normalised"
+    )
+    train_flow: bool = opt(
+        True, "train the RAFT network with the segmentation loss (it is then saved with the model)"
+    )
+    flow_mode: Literal["bilinear", "nearest"] = opt(
+        "bilinear", "sampling when warping features along the flow"
+    )
+    max_key_offset: int = opt(
+        1,
+        "training: the key frame is d frames before the labelled one, d drawn in [1, max] (reference: 1)",
+        min=1,
+    )
+
+
+@dataclass
+class VideoModelCfg:
+    """`video_model_cfg`: the video model and its temporal loss.
+
+    The top-level keys are SSP's (the reference's names); every other method has its own section (``dff``, ...),
+    which may only be set when ``model_name`` is that method.
+    """
+
+    model_name: Literal["base", "dff2", "per_frame"] = opt(
+        "base",
+        "base = SSP (semantic similarity propagation); dff2 = DFF; per_frame = the image model per frame",
+        registry="video model",
+    )
     const_loss_lb: float = opt(
         0.0, "lambda, weight of the temporal-consistency loss (SSP configs: 0.5)", min=0
     )
     kd_consistent_labels: bool = opt(True, "KD: make teacher logits of t-1 and t flow-consistent (KD-SSP)")
     last_out_loss_lb: float = opt(0.0, "KD: weight of the loss on frame t-1's raw prediction", min=0)
     pred_mixing_op: Literal["id", "conv"] = opt(
-        "id", "transform of (warped past, current) logits before fusion"
+        "id", "transform of (warped past, current) logits before fusion", registry="prediction mixing op"
     )
     sim_op: Literal["conv", "convbase", "cossim", "constant", "reuse", "avg"] = opt(
-        "conv", "similarity s: conv net, cosine, s=0 (constant), s=1 (reuse), one learnt scalar (avg)"
+        "conv",
+        "similarity s: conv net, cosine, s=0 (constant), s=1 (reuse), one learnt scalar (avg)",
+        registry="similarity op",
     )
     upsample_before_mixing: bool = opt(
         True, "warp and fuse full-size logits (else at stride 4, then upsample)"
@@ -272,7 +317,9 @@ class VideoModelCfg:
     upsampling: Literal["bicubic", "bilinear", "nearest"] = opt("bilinear", "interpolation of logits")
     features_interp_mode: Literal["bilinear", "nearest"] = opt("bilinear", "sampling when warping features")
     k_registrator_model: Literal["disk", "orb", "sift", "akaze", "identity", "gt"] = opt(
-        "disk", "homography provider (gt = the synthetic set's true homographies)"
+        "disk",
+        "homography provider (gt = the synthetic set's true homographies)",
+        registry="registration provider",
     )
     low_scale_homo: bool = opt(False, "legacy reference switch (inconsistent scaling); must stay false")
     n_mixing_layers: int = opt(1, "layers of the conv mixing op", min=1)
@@ -281,40 +328,55 @@ class VideoModelCfg:
     registration: RegistrationCfg = field(default_factory=RegistrationCfg, metadata={"doc": "registration"})
     flow: FlowCfg = field(default_factory=FlowCfg, metadata={"doc": "flow for the temporal loss"})
     tc_loss: TCLossCfg = field(default_factory=TCLossCfg, metadata={"doc": "temporal-consistency loss"})
+    dff: DFFCfg | None = field(
+        default=None, metadata={"doc": "DFF settings (model_name: dff2)", "method": "dff2"}
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            method = f.metadata.get("method")
+            if method is not None and getattr(self, f.name) is not None and self.model_name != method:
+                raise ConfigError(
+                    f"video_model_cfg.{f.name}: this section configures model_name '{method}', but model_name is "
+                    f"'{self.model_name}'; remove the section or set model_name: {method}"
+                )
 
 
 @dataclass
-class ImageConfig:
-    """An image-model experiment (``config/image/*.yaml``)."""
+class RunConfig:
+    """What image and video experiments share: where runs go, how they start, data, loop, optimizer and loss."""
 
     save_dir: str = opt("checkpoints", "output root for run folders")
+    pretrained_checkpoint: str | None = opt(
+        None, "initialise weights from a run (name or path) or a state-dict file"
+    )
+    resume_training: str | None = opt(None, "run folder (name or path) to resume; its stored config is used")
+    data_cfg: DataCfg = field(default_factory=DataCfg, metadata={"doc": "dataset"})
+    training_cfg: TrainingCfg = field(default_factory=TrainingCfg, metadata={"doc": "training loop"})
+    optim_cfg: OptimCfg = field(default_factory=OptimCfg, metadata={"doc": "optimizer and schedule"})
+    loss_cfg: LossCfg = field(default_factory=LossCfg, metadata={"doc": "loss"})
+
+
+@dataclass
+class ImageConfig(RunConfig):
+    """An image-model experiment (``config/image/*.yaml``)."""
+
     pretrained_checkpoint: str | None = opt(
         None, "initialise weights from a run (name or path, best.pth else last.pth) or a state-dict file"
     )
-    resume_training: str | None = opt(None, "run folder (name or path) to resume; its stored config is used")
     no_training: bool = opt(False, "write an epoch-0 checkpoint of the freshly built model and stop")
-    data_cfg: DataCfg = field(default_factory=DataCfg, metadata={"doc": "dataset"})
     model_cfg: ModelCfg = field(default_factory=ModelCfg, metadata={"doc": "image model"})
-    training_cfg: TrainingCfg = field(default_factory=TrainingCfg, metadata={"doc": "training loop"})
-    optim_cfg: OptimCfg = field(default_factory=OptimCfg, metadata={"doc": "optimizer and schedule"})
-    loss_cfg: LossCfg = field(default_factory=LossCfg, metadata={"doc": "loss"})
 
 
 @dataclass
-class VideoConfig:
+class VideoConfig(RunConfig):
     """A video-model experiment (``config/video/*.yaml``)."""
 
-    save_dir: str = opt("checkpoints", "output root for run folders")
     pretrained_checkpoint: str | None = opt(
         None, "initialise the whole video model from a video run (name or path) or a state-dict file"
     )
-    resume_training: str | None = opt(None, "run folder (name or path) to resume; its stored config is used")
-    data_cfg: DataCfg = field(default_factory=DataCfg, metadata={"doc": "dataset"})
     image_model_cfg: ImageModelCfg = field(default_factory=ImageModelCfg, metadata={"doc": "image run"})
     video_model_cfg: VideoModelCfg = field(default_factory=VideoModelCfg, metadata={"doc": "video model"})
-    training_cfg: TrainingCfg = field(default_factory=TrainingCfg, metadata={"doc": "training loop"})
-    optim_cfg: OptimCfg = field(default_factory=OptimCfg, metadata={"doc": "optimizer and schedule"})
-    loss_cfg: LossCfg = field(default_factory=LossCfg, metadata={"doc": "loss"})
 
 
 # Config kinds: the folder of their YAML files and their schema.

@@ -27,13 +27,13 @@ from data.photometric import (
 from data.transforms import (
     VIDEO_SCALES,
     ClipSample,
-    _apply_geometry,
-    _hflip,
-    _mat,
-    _random_square,
-    _scale,
-    _translate,
+    affine_matrix,
+    apply_geometry,
+    hflip_matrix,
     map_frames,
+    random_square_geometry,
+    scale_matrix,
+    translate_matrix,
 )
 
 
@@ -80,16 +80,16 @@ class VideoTrainAugment:
         h, w = sample.size()
         m, out_hw = np.eye(3), (h, w)
         if rng.random() < self.p_flip:
-            m = _hflip(w) @ m
+            m = hflip_matrix(w) @ m
         if rng.random() < self.p_scale:
             s = self.scales[int(rng.integers(len(self.scales)))]
             sh, sw = round(h * s), round(w * s)
             oy, ox = int(rng.integers(0, sh - h + 1)), int(rng.integers(0, sw - w + 1))
-            m = _translate(-ox, -oy) @ _scale(sw / w, sh / h) @ m
+            m = translate_matrix(-ox, -oy) @ scale_matrix(sw / w, sh / h) @ m
         if self.square_crop:
-            crop, out_hw = _random_square(h, w, rng)
+            crop, out_hw = random_square_geometry(h, w, rng)
             m = crop @ m
-        out = _apply_geometry(sample, m, out_hw, frame_border=cv2.BORDER_REPLICATE)
+        out = apply_geometry(sample, m, out_hw, frame_border=cv2.BORDER_REPLICATE)
         if rng.random() < self.p_photometric:
             c = 1.0 + uniform(rng, (-self.contrast, self.contrast))
             b = uniform(rng, (-self.brightness, self.brightness))
@@ -150,8 +150,8 @@ class ImageTrainAugment:
         s = 1.0 + uniform(rng, (-self.scale, self.scale))
         dx, dy = uniform(rng, (-self.shift, self.shift)) * w, uniform(rng, (-self.shift, self.shift)) * h
         cx, cy = (w - 1) / 2, (h - 1) / 2
-        rot = _mat(s * np.cos(a), -s * np.sin(a), 0, s * np.sin(a), s * np.cos(a), 0)
-        return _translate(cx + dx, cy + dy) @ rot @ _translate(-cx, -cy)
+        rot = affine_matrix(s * np.cos(a), -s * np.sin(a), 0, s * np.sin(a), s * np.cos(a), 0)
+        return translate_matrix(cx + dx, cy + dy) @ rot @ translate_matrix(-cx, -cy)
 
     def _color(self, rng: np.random.Generator) -> FrameOp:
         kind = int(rng.integers(4))
@@ -178,13 +178,13 @@ class ImageTrainAugment:
         h, w = sample.size()
         m, out_hw = np.eye(3), (h, w)
         if rng.random() < self.p_flip:
-            m = _hflip(w) @ m
+            m = hflip_matrix(w) @ m
         if rng.random() < self.p_geometric:
             m = self._geometric(h, w, rng) @ m
         if self.square_crop:
-            crop, out_hw = _random_square(h, w, rng)
+            crop, out_hw = random_square_geometry(h, w, rng)
             m = crop @ m
-        out = _apply_geometry(sample, m, out_hw)
+        out = apply_geometry(sample, m, out_hw)
         if rng.random() < self.p_color:
             out = map_frames(out, self._color(rng), rng)
         if rng.random() < self.p_noise:

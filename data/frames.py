@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -109,6 +110,14 @@ def read_split(root: Path, split: str, info: DatasetInfo, min_len: int = 0) -> l
     if not clips:
         raise DataError(f"{listing} lists no clips: re-run the preparation (`{info.prepare_hint}`)")
     return [c for c in clips if len(c) >= min_len]
+
+
+def open_split(dcfg: Any, split: str, min_len: int = 0) -> tuple[Path, DatasetInfo, list[Clip]]:
+    """The dataset of a ``data_cfg`` (generated first when it is the synthetic set and missing) and the clips of
+    ``split``: ``(root, dataset descriptor, clips)``. Clips shorter than ``min_len`` frames are left out."""
+    info = get_dataset_info(dcfg.dataset)
+    root = ensure_dataset(dcfg.dataset, dcfg.path, tuple(dcfg.crop_size), dcfg.generate_if_missing)
+    return root, info, read_split(root, split, info, min_len)
 
 
 def read_clip(clip_dir: Path, name: str, info: DatasetInfo) -> Clip:

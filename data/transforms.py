@@ -103,21 +103,21 @@ def resize_soft(soft: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- geometry
-def _mat(a: float, b: float, c: float, d: float, e: float, f: float) -> np.ndarray:
+def affine_matrix(a: float, b: float, c: float, d: float, e: float, f: float) -> np.ndarray:
     return np.array([[a, b, c], [d, e, f], [0.0, 0.0, 1.0]])
 
 
-def _translate(tx: float, ty: float) -> np.ndarray:
-    return _mat(1, 0, tx, 0, 1, ty)
+def translate_matrix(tx: float, ty: float) -> np.ndarray:
+    return affine_matrix(1, 0, tx, 0, 1, ty)
 
 
-def _scale(sx: float, sy: float) -> np.ndarray:
+def scale_matrix(sx: float, sy: float) -> np.ndarray:
     """Resize by (sx, sy) with pixel-centre alignment, as cv2.resize: x' = sx (x + 0.5) - 0.5."""
-    return _mat(sx, 0, 0.5 * sx - 0.5, 0, sy, 0.5 * sy - 0.5)
+    return affine_matrix(sx, 0, 0.5 * sx - 0.5, 0, sy, 0.5 * sy - 0.5)
 
 
-def _hflip(w: int) -> np.ndarray:
-    return _mat(-1, 0, w - 1, 0, 1, 0)
+def hflip_matrix(w: int) -> np.ndarray:
+    return affine_matrix(-1, 0, w - 1, 0, 1, 0)
 
 
 def _integer_slices(
@@ -171,7 +171,7 @@ def _warp_soft(
     (fh, fw), (oh, ow) = frame_hw, out_hw
     if (h, w) != (fh, fw):  # soft px -> frame px, warp, frame px -> soft px
         s_out = (max(1, round(oh * h / fh)), max(1, round(ow * w / fw)))
-        m = np.linalg.inv(_scale(ow / s_out[1], oh / s_out[0])) @ m @ _scale(fw / w, fh / h)
+        m = np.linalg.inv(scale_matrix(ow / s_out[1], oh / s_out[0])) @ m @ scale_matrix(fw / w, fh / h)
         out_hw = s_out
     sl = _integer_slices(m, (h, w), out_hw)
     if sl is not None:
@@ -186,7 +186,7 @@ def _warp_soft(
     return out.permute(2, 0, 1).to(_TORCH_DTYPE[soft.dtype.type]).contiguous().numpy()
 
 
-def _apply_geometry(
+def apply_geometry(
     sample: ClipSample, m: np.ndarray, out_hw: tuple[int, int], frame_border: int = cv2.BORDER_CONSTANT
 ) -> ClipSample:
     """Apply one source->output matrix to every frame, label and soft target of the clip."""
@@ -204,10 +204,10 @@ def _apply_geometry(
     return ClipSample(frames, labels, soft)
 
 
-def _random_square(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
+def random_square_geometry(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
     side = min(h, w)
     oy, ox = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    return _translate(-ox, -oy), (side, side)
+    return translate_matrix(-ox, -oy), (side, side)
 
 
 def square_crop_geometry(
@@ -216,20 +216,20 @@ def square_crop_geometry(
     """Source->output matrix and output size of the ``S x S`` crop, ``S = min(H, W)``: a random window with
     ``rng``, else the centred one (callers that must transform geometry, e.g. homographies, need ``m``)."""
     if rng is not None:
-        return _random_square(h, w, rng)
+        return random_square_geometry(h, w, rng)
     side = min(h, w)
-    return _translate(-((w - side) // 2), -((h - side) // 2)), (side, side)
+    return translate_matrix(-((w - side) // 2), -((h - side) // 2)), (side, side)
 
 
 def center_square_crop(sample: ClipSample) -> ClipSample:
     """Centre ``S x S`` crop, ``S = min(H, W)`` (training-time validation of ``square_crop`` configs)."""
-    return _apply_geometry(sample, *square_crop_geometry(*sample.size()))
+    return apply_geometry(sample, *square_crop_geometry(*sample.size()))
 
 
 def random_square_crop(sample: ClipSample, rng: np.random.Generator) -> ClipSample:
     """Random ``S x S`` crop, ``S = min(H, W)``, the same window for every frame (``square_crop`` without
     other augmentation)."""
-    return _apply_geometry(sample, *square_crop_geometry(*sample.size(), rng))
+    return apply_geometry(sample, *square_crop_geometry(*sample.size(), rng))
 
 
 def map_frames(sample: ClipSample, op: FrameOp, rng: np.random.Generator) -> ClipSample:

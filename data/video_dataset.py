@@ -34,12 +34,13 @@ from data.image_dataset import LabelledFrames, load_frame
 from data.synthetic.io import load_flow, load_homographies
 from data.transforms import (
     ClipSample,
-    _apply_geometry,
-    _scale,
+    apply_geometry,
     resize_soft,
+    scale_matrix,
     square_crop_geometry,
     to_tensor,
 )
+from data.video_batch import DataNeeds
 
 EdgePolicy = Literal["drop", "repeat_first"]
 
@@ -78,9 +79,9 @@ def _disk_size(path: Path) -> tuple[int, int]:
         return img.height, img.width
 
 
-def _pixel_resize(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+def pixel_resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
     """3x3 matrix of a resize ``src_hw -> dst_hw``, pixel-centre convention ``x' = (x + 0.5) s - 0.5``."""
-    return _scale(dst_hw[1] / src_hw[1], dst_hw[0] / src_hw[0])
+    return scale_matrix(dst_hw[1] / src_hw[1], dst_hw[0] / src_hw[0])
 
 
 def _compose_steps(steps: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -114,6 +115,10 @@ class FramePairs(Dataset):
     - ``flows`` [T-1,2,H,W] float32 (with ``gt_flow``): entry i-1 is the backward flow of frame i, on frame
       i's pixels pointing into frame i-1 (x, y in output pixels): ``frame_i(p) ~ frame_{i-1}(p + f(p))``.
 
+    With ``max_key_offset`` > 1 (training, offsets ``[-1]`` only) the earlier frame of each training item is
+    drawn at a random distance in ``[1, max_key_offset]`` (DFF's random key offset). :func:`collate_video`
+    stacks items into a :class:`data.video_batch.VideoBatch`.
+
     Augmentation: ``train`` with ``augment``: one draw per sample for all frames, labels and flows;
     ``train`` without ``augment`` but ``square_crop``: a random square crop; validation with ``square_crop``:
     the centre square crop (training-time validation, as the reference). With ``augment``, square cropping is
@@ -142,6 +147,7 @@ class FramePairs(Dataset):
         registration: Registration | None = None,
         gt_homographies: bool = False,
         gt_flow: bool = False,
+        max_key_offset: int = 1,
     ) -> None:
         if edge_policy not in ("drop", "repeat_first"):
             raise ValueError(f"edge_policy must be 'drop' or 'repeat_first', got {edge_policy!r}")
@@ -154,6 +160,12 @@ class FramePairs(Dataset):
         self.epoch = 0  # set by the training loop before each epoch (workers are re-created per epoch)
         self.time_offsets = _time_offsets(offsets)
         self.current = self.time_offsets.index(0)
+        if max_key_offset < 1 or (max_key_offset > 1 and (tuple(offsets) != (-1,) or gt_flow)):
+            raise ValueError(
+                "a random key offset (max_key_offset > 1) needs offsets [-1] and no stored flow (which links "
+                f"neighbouring frames only), got max_key_offset={max_key_offset}, offsets={list(offsets)}"
+            )
+        self.max_key_offset = max_key_offset if train else 1  # validation always uses the fixed offsets
         if gt_flow and any(
             b - a != 1 for a, b in zip(self.time_offsets, self.time_offsets[1:], strict=False)
         ):
@@ -179,7 +191,7 @@ class FramePairs(Dataset):
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> dict:
-        s = self.samples[idx]
+        s = self._with_key_offset(self.samples[idx], idx)
         clip = self.clips[s.clip]
         loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for i in s.indices:  # a clamped index repeats: read it once
@@ -218,6 +230,15 @@ class FramePairs(Dataset):
         return item
 
     # ------------------------------------------------------------------------------------------ helpers
+    def _with_key_offset(self, s: VideoSample, idx: int) -> VideoSample:
+        """With ``max_key_offset`` d_max > 1: the earlier frame at a random distance d in [1, d_max] (within the
+        clip), drawn from its own generator so the augmentation draw stays that of fixed offsets."""
+        if self.max_key_offset == 1:
+            return s
+        rng = np.random.default_rng((self.seed, self.epoch, idx, 1))
+        d = int(rng.integers(1, min(self.max_key_offset, s.index) + 1)) if s.index > 0 else 0
+        return VideoSample(s.clip, s.index, (max(s.index - d, 0), s.index))
+
     def _augment(self, sample: ClipSample, idx: int) -> tuple[ClipSample, np.ndarray]:
         """Apply the sample's augmentation; return it with its source->output pixel matrix."""
         h, w = sample.size()
@@ -230,7 +251,7 @@ class FramePairs(Dataset):
             m, out_hw = square_crop_geometry(h, w)
         else:
             return sample, np.eye(3)
-        return _apply_geometry(sample, m, out_hw), m
+        return apply_geometry(sample, m, out_hw), m
 
     def _gt_homographies(self, clip: Clip, indices: tuple[int, ...], m: np.ndarray) -> np.ndarray:
         """True homographies between consecutive sample frames, [T-1,3,3] float32, in output pixels."""
@@ -241,7 +262,7 @@ class FramePairs(Dataset):
                 "regenerate the synthetic set ('python -m data.synthetic --out <root> --force')"
             )
         # disk pixels -> loaded (resized) pixels -> augmented output pixels
-        full = m @ _pixel_resize(_disk_size(clip.frames[indices[0]]), self.size_hw)
+        full = m @ pixel_resize_matrix(_disk_size(clip.frames[indices[0]]), self.size_hw)
         inv = np.linalg.inv(full)
         homs = [full @ _compose_steps(steps, a, b) @ inv for a, b in zip(indices, indices[1:], strict=False)]
         return self._stack_homs(homs)
@@ -303,3 +324,24 @@ class FramePairs(Dataset):
         a = m[:2, :2].astype(np.float32)
         flows = np.stack(soft[1:])  # [T-1,2,H,W]; entries 1.. are always set by _flows_at_input
         return np.ascontiguousarray(np.einsum("ij,tjhw->tihw", a, flows), dtype=np.float32)
+
+
+def video_samples(
+    clips: list[Clip],
+    info: DatasetInfo,
+    size_hw: tuple[int, int],
+    needs: DataNeeds,
+    *,
+    train: bool,
+    augment: VideoTrainAugment | None = None,
+    square_crop: bool = False,
+    skip: int | None = None,
+    seed: int = 0,
+    edge_policy: EdgePolicy = "drop",
+) -> FramePairs:
+    """The :class:`FramePairs` that serve exactly what ``needs`` (a video model's and its step's) asks for."""
+    return FramePairs(
+        clips, info, size_hw, offsets=needs.offsets, train=train, augment=augment, square_crop=square_crop,
+        skip=skip, seed=seed, edge_policy=edge_policy, registration=needs.registration,
+        gt_homographies=needs.true_homographies, gt_flow=needs.true_flows, max_key_offset=needs.max_key_offset,
+    )  # fmt: skip

@@ -5,11 +5,12 @@ needs per frame (backbone, head, registration, warping, fusion, upsampling, argm
 clips in order with their recurrent state (reset at clip boundaries), a warm-up, then timed frames in 3 runs and
 the median run reported. GPU timing uses CUDA events and synchronisation; CPU timing ``perf_counter``.
 
-The headline latency is measured without stage timers; a separate pass wraps each stage (``backbone``, ``head``,
-``registration``, ``warp``, ``fusion``, ``upsample``, ``argmax``) with its own timer (synchronising on GPU) to
-show where the time goes. OpenCV registration runs on the CPU in a background thread alongside the network
-(``SSP.overlap_registration``), so its stage shows only the time the fusion waited for it; the on-disk
-registration cache is never used here. For a video run the
+Any run is timed through the video-model contract (an image run through the per-frame adapter), so every method
+is measured the same way. The headline latency is measured without stage timers; a separate pass gives the
+method's ``step`` a timer that wraps each of its stages (SSP: ``backbone``, ``head``, ``registration``, ``warp``,
+``fusion``, ``upsample``; DFF: ``keyframe``, ``flow``, ``warp``, ``head``, ``upsample``; all: ``argmax``),
+synchronising on GPU, to show where the time goes. Frozen helpers never read on-disk caches here; ``--set``
+replaces one of them for a run (``--set video_model_cfg.k_registrator_model=identity``). For a video run the
 benchmark also times its image network alone on the same frames, device and precision, and prints the ratio.
 Results go to ``<run>/benchmark/<device>_<H>x<W>_<precision>.json``.
 """
@@ -17,7 +18,6 @@ Results go to ``<run>/benchmark/<device>_<H>x<W>_<precision>.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from config.errors import ConfigError, run_cli
-from config.loader import from_dict
-from data.catalog import get_dataset_info
-from data.frames import FramePair, ensure_dataset, read_frame, read_split
+from data.frames import FramePair, open_split, read_frame
 from data.transforms import resize_frame, to_tensor
-from eval.evaluate import autocast, device_name, software
-from models.runs import checkpoint_path, load_image_model, load_video_model, locate_run, read_checkpoint
+from eval.evaluate import autocast, device_name, resolve_device, software
+from models.runs import load_streaming_model, locate_run
+from models.video.base import StepSide, VideoModel, no_timer
+from models.video.per_frame import PerFrame
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="timed runs; the median run is reported")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"])
-    p.add_argument("--registration", default=None, help="override the video run's registration provider")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="video runs: override a key of the stored config before building (frozen helpers only), "
+                        "e.g. --set video_model_cfg.k_registrator_model=identity (repeatable)")  # fmt: skip
     p.add_argument("--split", default="val", help="clips whose frames are fed (resized to H x W)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU: torch threads (default: torch's choice); recorded with the figures")  # fmt: skip
@@ -85,11 +87,8 @@ def _frames(
 ) -> list[tuple[np.ndarray, FramePair | None]]:
     """Up to ``n`` frames of the split's clips in order, resized to ``size``, with the pair to the previous frame
     (None at a clip start)."""
-    dcfg = run_cfg.data_cfg
-    info = get_dataset_info(dcfg.dataset)
-    root = ensure_dataset(dcfg.dataset, dcfg.path, tuple(dcfg.crop_size), dcfg.generate_if_missing)
     out: list[tuple[np.ndarray, FramePair | None]] = []
-    for clip in read_split(root, split, info):
+    for clip in open_split(run_cfg.data_cfg, split)[2]:
         for i in range(len(clip)):
             out.append((resize_frame(read_frame(clip.frames[i]), size), clip.pair(i - 1, i) if i else None))
             if len(out) >= n:
@@ -131,41 +130,28 @@ def _summary(runs: list[list[float]]) -> dict:
             "run_means_ms": [round(m, 3) for m in means], "frames_per_run": len(med)}  # fmt: skip
 
 
-def _steppers(model: torch.nn.Module, kind: str, dtype: torch.dtype | None, device: torch.device) -> dict:
-    """name -> per-frame function ``(x [1,3,H,W], pair, timer) -> None`` (prediction computed and argmaxed)."""
+def _steppers(model: VideoModel, dtype: torch.dtype | None, device: torch.device, baseline: bool) -> dict:
+    """name -> per-frame function ``(x [1,3,H,W], pair, timer) -> None`` (prediction computed and argmaxed).
+
+    ``image`` for a run whose model is the per-frame adapter (an image run), else ``video`` and, with
+    ``baseline``, ``image``: the model's own image network through the per-frame adapter, on the same frames."""
+    models = {"image": model} if model.per_frame else {"video": model}
+    if baseline and not model.per_frame:
+        models["image"] = PerFrame(model.image_model).eval()
     out: dict[str, Callable] = {}
-    if kind == "video":
-        state = {"s": model.init_state()}
+    for name, m in models.items():
+        state = {"s": m.init_state()}
 
-        def video_step(x: torch.Tensor, pair: FramePair | None, timer: StageTimer | None) -> None:
+        def step(x: torch.Tensor, pair: FramePair | None, timer: StageTimer | None, m: VideoModel = m,
+                 state: dict = state) -> None:  # fmt: skip
             if pair is None:
-                state["s"] = model.init_state()  # clip boundary
-            kwargs = {"timer": timer} if timer is not None else {}
+                state["s"] = m.init_state()  # clip boundary
             with autocast(device, dtype):
-                logits, state["s"] = model.step(x, state["s"], pair=pair, **kwargs)
+                o, state["s"] = m.step(x, state["s"], StepSide(pair=pair, timer=timer or no_timer))
             with timer("argmax") if timer is not None else _null():
-                logits.argmax(1)
+                o.logits.argmax(1)
 
-        out["video"] = video_step
-        image = model.image_model
-    else:
-        image = model
-
-    def image_step(x: torch.Tensor, pair: FramePair | None, timer: StageTimer | None) -> None:
-        with autocast(device, dtype):
-            if timer is None:
-                logits = image(x)
-            else:
-                with timer("backbone"):
-                    feats = image.encode(x)
-                with timer("head"):
-                    logits = image.decode(feats)
-                with timer("upsample"):
-                    logits = image.resize_logits(logits, x.shape[-2:])
-        with timer("argmax") if timer is not None else _null():
-            logits.argmax(1)
-
-    out["image"] = image_step
+        out[name] = step
     return out
 
 
@@ -178,44 +164,26 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.frames < 1 or args.runs < 1 or args.warmup < 0:
         raise ConfigError("--frames and --runs must be at least 1, --warmup at least 0")
-    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
-    device = torch.device(dev)
+    device = resolve_device(args.device)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     run = locate_run(args.run, args.save_dir)
-    ckpt = read_checkpoint(checkpoint_path(run, args.best_model))
-    kind = ckpt.get("kind")
-    if kind == "video":
-        from models.registration import build_registration
-
-        # Never the on-disk cache: a benchmark times the estimate itself, not reading a stored result.
-        vcfg = from_dict(ckpt["config"], "video").video_model_cfg
-        settings = dataclasses.replace(vcfg.registration, cache=False)
-        registration = build_registration(args.registration or vcfg.k_registrator_model, settings)
-        del ckpt
-        model, cfg, meta = load_video_model(run, args.best_model, registration)
-        provider = model.registration.settings() if model.registration is not None else None
-    else:
-        model, cfg, meta = load_image_model(run, args.best_model)
-        provider = None
+    # Never an on-disk cache of a helper's results: a benchmark times the estimate itself, not reading it back.
+    model, cfg, meta = load_streaming_model(run, args.best_model, use_caches=False, overrides=args.set)
+    kind = meta.get("kind")
     model.to(device).eval()
     h = args.height or cfg.data_cfg.crop_size[0]
     w = args.width or cfg.data_cfg.crop_size[1]
-    model_image = model.image_model if kind == "video" else model
-    model_image.check_input_size(h, w)
+    model.image_model.check_input_size(h, w)
     raw = _frames(cfg, args.split, (h, w), max(args.frames, 50))
     frames = [(to_tensor([f]).to(device), pair) for f, pair in raw]
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     results: dict[str, Any] = {}
     for prec in precisions:
         dtype = torch.bfloat16 if prec == "bf16" else None
-        steppers = _steppers(model, kind, dtype, device)
-        if kind == "video" and args.no_image_baseline:
-            steppers.pop("image")
+        steppers = _steppers(model, dtype, device, baseline=not args.no_image_baseline)
         runs: dict[str, list[list[float]]] = {name: [] for name in steppers}
         n_stage = min(args.frames, 50)
         with torch.inference_mode():
@@ -240,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
                 )
                 results[f"{name}/{prec}"] = entry
-        if kind == "video" and "image" in steppers:
+        if {"video", "image"} <= set(steppers):
             results[f"ratio/{prec}"] = round(
                 results[f"video/{prec}"]["fps"] / results[f"image/{prec}"]["fps"], 3
             )
@@ -249,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_name(device), "threads": torch.get_num_threads(),
         "tf32": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_compile": None,
-        "registration": provider, "frames_source": f"{cfg.data_cfg.dataset} {args.split} clips resized to {h}x{w}",
+        "video_model": model.describe(), "frames_source": f"{cfg.data_cfg.dataset} {args.split} clips resized to {h}x{w}",
         "warmup": args.warmup, "timed_frames": args.frames, "runs": args.runs, "results": results,
         "software": software(),
     }  # fmt: skip
@@ -267,8 +235,16 @@ def format_report(report: dict) -> str:
     lines = [
         f"{report['run']} at {report['input_size'][0]}x{report['input_size'][1]}, batch 1, {report['device']}"
     ]
-    if report["registration"]:
-        lines.append(f"registration: {report['registration'].get('provider', report['registration'])}")
+    described = report["video_model"]
+    lines.append(f"method: {described['method']} ({described['inference']})")
+    for name, helper in described["helpers"].items():
+        settings = (helper or {}).get("settings") or {}
+        what = (
+            settings.get("provider", settings.get("model", settings))
+            if isinstance(settings, dict)
+            else settings
+        )
+        lines.append(f"{name}: {what}")
     lines.append(
         f"  {'model/precision':<16}{'FPS':>8}{'mean ms':>10}{'p90 ms':>9}{'peak MB':>10}  stages (ms)"
     )

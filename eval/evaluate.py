@@ -11,6 +11,7 @@ import platform
 import subprocess
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from config.errors import ConfigError
 from data.catalog import DatasetInfo
 from data.image_dataset import worker_init
 from data.transforms import denormalize
@@ -29,6 +31,23 @@ from eval.vis.render import overlay, panel
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``training_cfg.amp`` on ``device`` (auto = bf16 on CUDA, none on CPU)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def resolve_device(kind: str, what: str = "--device") -> torch.device:
+    """``auto`` -> CUDA when visible, else the CPU; ``cuda`` without a visible device is a ConfigError naming
+    ``what`` (the flag or config key the choice came from)."""
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what}: cuda requested but no CUDA device is visible; use cpu")
+    return torch.device(kind)
 
 
 def device_name(device: torch.device) -> str:
@@ -100,6 +119,7 @@ def validate(
     max_samples: int | None = None,
     vis_samples: int = 0,
     infer: Infer | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
 ) -> tuple[ConfusionMatrix, list[np.ndarray]]:
     """mIoU confusion matrix over ``dataset``, summed over ranks.
 
@@ -111,8 +131,9 @@ def validate(
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     subset = Subset(dataset, shard(n))
     loader = DataLoader(
-        subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, worker_init_fn=worker_init
-    )
+        subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, worker_init_fn=worker_init,
+        collate_fn=collate_fn,
+    )  # fmt: skip
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(info.num_classes, device)

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.distributed as dist
 
-IGNORE_INDEX = 255
+from data.catalog import IGNORE_INDEX
 
 
 class ConfusionMatrix:

@@ -26,9 +26,9 @@ from eval.tc_protocol import (  # re-exported: eval.tc is the one import for eva
     PRESETS,
     FlowSettings,
     TCProtocol,
-    _default_software,
-    _num,
     check_provider,
+    default_software,
+    nan_to_none,
     protocol,
     protocol_card,
 )
@@ -157,7 +157,7 @@ class TCAccumulator:
     def per_clip(self) -> list[dict]:
         """``[{"clip", "n_pairs", "tc" (None when undefined)}]`` in the order the clips were first added."""
         return [
-            {"clip": c, "n_pairs": st["n_pairs"], "tc": _num(self._clip_value(st))}
+            {"clip": c, "n_pairs": st["n_pairs"], "tc": nan_to_none(self._clip_value(st))}
             for c, st in self._clips.items()
         ]
 
@@ -271,7 +271,7 @@ class TemporalConsistency:
     def results(self, model_inference: str = "per frame (image)", software: dict | None = None) -> dict:
         """``{name: {"value": float | None, "tc_protocol": card}}`` for every protocol."""
         res = list(self._sizes[0]) if len(self._sizes) == 1 else [list(s) for s in self._sizes] or None
-        sw = software if software is not None else _default_software()
+        sw = software if software is not None else default_software()
         out = {}
         for name, proto in self.protocols.items():
             acc = self.acc[name]
@@ -279,7 +279,7 @@ class TemporalConsistency:
                 proto, self.providers[name], acc.n_clips, acc.n_pairs, res, self.num_classes,
                 model_inference, self._device, sw,
             )  # fmt: skip
-            out[name] = {"value": _num(acc.value()), "tc_protocol": card}
+            out[name] = {"value": nan_to_none(acc.value()), "tc_protocol": card}
         return out
 
     def pair_series(self) -> dict[tuple[str, str], list[tuple[int, float]]]:

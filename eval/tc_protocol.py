@@ -155,7 +155,7 @@ def protocol(name: str, **overrides: Any) -> TCProtocol:
     return replace(base, **overrides, modified=tuple(sorted(overrides)))
 
 
-def _num(x: float) -> float | None:
+def nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
@@ -211,7 +211,7 @@ def protocol_card(
     return _jsonable(card)
 
 
-def _default_software() -> dict:
+def default_software() -> dict:
     out = {"torch": torch.__version__}
     try:
         import torchvision

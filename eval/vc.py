@@ -22,8 +22,7 @@ import torch
 from torch import Tensor
 
 from config.errors import ConfigError
-
-IGNORE_INDEX = 255
+from data.catalog import IGNORE_INDEX
 
 
 class VideoConsistency:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.schema import ModelCfg, VideoModelCfg
+import torch
+
+from config.schema import ModelCfg, VideoConfig
 from models.image.segmentor import Segmentor, build_segmentor
 from models.registry import VIDEO_MODELS
 
@@ -39,7 +41,19 @@ def build_image_model(mcfg: ModelCfg, num_classes: int, load_backbone_weights: b
     return model
 
 
-def build_video_model(vcfg: VideoModelCfg, image_model: Segmentor, registration: Any | None) -> Any:
-    """The video model of ``video_model_cfg.model_name`` around ``image_model``; ``registration`` is the
-    homography provider it calls when a batch brings no homographies (kept outside its state dict)."""
-    return VIDEO_MODELS.build(vcfg.model_name, vcfg=vcfg, image_model=image_model, registration=registration)
+def build_video_model(
+    cfg: VideoConfig,
+    image_model: Segmentor,
+    *,
+    device: torch.device | str = "cpu",
+    pretrained: bool = True,
+    use_caches: bool = True,
+) -> Any:
+    """The video model of ``video_model_cfg.model_name`` around ``image_model``, built by its registered builder,
+    which also builds the method's frozen helpers (kept outside its state dict).
+
+    ``pretrained=False``: a checkpoint's state dict is loaded right after, so trainable parts need not read their
+    initial weights from local files. ``use_caches=False``: helpers never read on-disk caches of their results.
+    """
+    builder = VIDEO_MODELS.get(cfg.video_model_cfg.model_name)
+    return builder(cfg, image_model, device=device, pretrained=pretrained, use_caches=use_caches)

@@ -14,11 +14,17 @@ from config.errors import ConfigError, did_you_mean
 
 
 class Registry:
-    """A dict of builders filled by :meth:`register`."""
+    """A dict of builders filled by :meth:`register`. Every registry is also listed in :attr:`ALL` by its kind
+    (the schema names the registry a config key chooses from; a test checks the two agree)."""
+
+    ALL: dict[str, Registry] = {}
 
     def __init__(self, kind: str) -> None:
+        if kind in Registry.ALL:
+            raise ValueError(f"a registry of {kind}s exists already")
         self.kind = kind
         self._builders: dict[str, Callable[..., Any]] = {}
+        Registry.ALL[kind] = self
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: ``@BACKBONES.register("resnet18")`` above a builder function or class."""
@@ -56,4 +62,5 @@ BACKBONES = Registry("backbone")
 HEADS = Registry("head")
 VIDEO_MODELS = Registry("video model")
 FLOW_PROVIDERS = Registry("flow provider")
+FLOW_NETWORKS = Registry("trainable flow network")
 REGISTRATION_PROVIDERS = Registry("registration provider")

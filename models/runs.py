@@ -17,10 +17,12 @@ from typing import Any
 import torch
 
 from config.errors import CheckpointError
-from config.loader import from_dict
-from config.schema import ImageModelCfg
+from config.loader import check_layer, from_dict, merge_layers, parse_overrides
+from config.schema import KINDS, ImageModelCfg
 from data.catalog import get_dataset_info
 from models.build import build_image_model, build_video_model
+from models.video.base import VideoModel
+from models.video.per_frame import PerFrame
 
 CHECKPOINT_NAMES = ("last.pth", "best.pth")
 
@@ -123,26 +125,43 @@ def image_run_of(icfg: ImageModelCfg) -> Path:
 
 
 def load_video_model(
-    run: Path, best: bool = False, registration: Any | None = None
-) -> tuple[torch.nn.Module, Any, dict]:
+    run: Path, best: bool = False, *, device: torch.device | str = "cpu", use_caches: bool = True,
+    overrides: list[str] | None = None,
+) -> tuple[VideoModel, Any, dict]:  # fmt: skip
     """Rebuild a video run's model from its checkpoint alone (video config + stored image config), strictly.
 
-    ``registration`` overrides the provider the config names (built from the config when None). Returns
-    (model in eval mode on the CPU, typed video config, checkpoint dict without the big entries; its
-    ``image_config`` is the typed image config).
+    The method's builder builds its frozen helpers (on ``device``; ``use_caches=False`` bypasses their on-disk
+    caches). ``overrides`` (``key.path=value``) change the stored config before the build, e.g. another provider
+    for a frozen helper; they must not change the trainable weights. Returns (model in eval mode on the CPU, typed
+    video config, checkpoint dict without the big entries; its ``image_config`` is the typed image config).
     """
-    from models.registration import build_registration  # the providers pull in OpenCV/kornia
-
     ckpt, path = _read_kind(run, best, "video")
-    cfg = from_dict(ckpt["config"], "video")
+    stored = ckpt["config"]
+    if overrides:
+        stored = merge_layers(stored, check_layer(parse_overrides(overrides), KINDS["video"]))
+    cfg = from_dict(stored, "video")
     image_cfg = from_dict(ckpt["image_config"], "image")
     info = get_dataset_info(cfg.data_cfg.dataset)
     image_model = build_image_model(image_cfg.model_cfg, info.num_classes, load_backbone_weights=False)
-    vcfg = cfg.video_model_cfg
-    if registration is None:
-        registration = build_registration(vcfg.k_registrator_model, vcfg.registration)
-    model = build_video_model(vcfg, image_model, registration)
+    model = build_video_model(cfg, image_model, device=device, pretrained=False, use_caches=use_caches)
     _load_strict(model, ckpt["model"], path)
     meta = _meta(ckpt, path)
     meta["image_config"] = image_cfg
     return model.eval(), cfg, meta
+
+
+def load_streaming_model(
+    run: Path, best: bool = False, *, device: torch.device | str = "cpu", use_caches: bool = True,
+    overrides: list[str] | None = None,
+) -> tuple[VideoModel, Any, dict]:  # fmt: skip
+    """Any run as a streaming video model: a video run's own model, an image run through the per-frame adapter.
+
+    Returns (model in eval mode on the CPU, the run's typed config, checkpoint metadata with ``kind``).
+    """
+    kind = read_checkpoint(checkpoint_path(run, best)).get("kind")
+    if kind == "video":
+        return load_video_model(run, best, device=device, use_caches=use_caches, overrides=overrides)
+    if overrides:
+        raise CheckpointError(f"{run} is an image run: config overrides apply to video runs only")
+    image_model, cfg, meta = load_image_model(run, best)
+    return PerFrame(image_model).eval(), cfg, meta

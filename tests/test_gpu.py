@@ -41,3 +41,30 @@ def test_image_and_ssp_train_evaluate_and_time_on_cuda(
     assert (
         report["results"]["video/bf16"]["fps"] > 0 and report["results"]["video/fp32"]["peak_memory_mb"] > 0
     )
+
+
+def test_dff_with_a_trainable_raft_trains_evaluates_and_times_on_cuda(
+    tiny_overrides: list[str], tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    """DFF's RAFT is a submodule trained with bf16 autocast on CUDA; the run reloads and streams on CUDA."""
+    from torchvision.models.optical_flow import raft_small
+
+    weights = tmp_path / "raft_small_random.pth"  # speed and mechanics need no trained flow
+    torch.save(raft_small(weights=None).state_dict(), weights)
+    image = train_image.main(
+        ["base_synthetic", *tiny_overrides, "training_cfg.device=cuda", "training_cfg.amp=bf16"]
+    )
+    video = train_video.main([
+        "dff_synthetic", *[o for o in tiny_overrides if not o.startswith("model_cfg")],
+        f"image_model_cfg.checkpoint_name={image}", "training_cfg.device=cuda", "training_cfg.amp=bf16",
+        "video_model_cfg.dff.flow=raft_small", "video_model_cfg.dff.train_flow=true",
+        f"video_model_cfg.dff.flow_weights={weights}", "video_model_cfg.dff.flow_iters=4",
+        "video_model_cfg.dff.k_interval=3",
+    ])  # fmt: skip
+    last = torch.load(video / "last.pth", map_location="cpu", weights_only=True)
+    assert last["finished"] and any(k.startswith("flow_network.") for k in last["model"])
+    weights.unlink()  # the trained RAFT is in the checkpoint: evaluation must not need the file
+    metrics = eval_video.main([str(video), "--device", "cuda", "--num-workers", "0", "--no-write-res"])
+    assert metrics is not None and metrics["video_model"]["method"] == "dff2"
+    report = benchmark.main([str(video), "--device", "cuda", "--frames", "20", "--warmup", "5"])
+    assert {"keyframe", "flow", "warp", "head"} <= set(report["results"]["video/fp32"]["stages_ms"])

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from models.runs import read_checkpoint
+from config.errors import CheckpointError
+from config.loader import to_dict
+from models.runs import read_checkpoint, weights_for_init
 
 
 def new_run_dir(save_dir: str | Path) -> Path:
@@ -43,6 +46,28 @@ def atomic_save(obj: Any, path: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def save_checkpoint(path: Path, model: nn.Module, cfg: Any, kind: str, **extra: Any) -> None:
+    """A self-describing checkpoint, written atomically: weights, resolved config, kind, plus ``extra`` (epoch,
+    step, optimizer, ...). Frozen helpers are not submodules, so they are never in ``model.state_dict()``."""
+    atomic_save({"model": model.state_dict(), "config": to_dict(cfg), "kind": kind, **extra}, path)
+
+
+def load_pretrained_checkpoint(model: nn.Module, name: str, save_dir: str) -> None:
+    """``pretrained_checkpoint``: load weights only; classifier keys are dropped only if the class count differs."""
+    state, source = weights_for_init(name, save_dir)
+    own = model.state_dict()
+    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if any("classifier" not in k for k in shape_mismatch):
+        raise CheckpointError(
+            f"{source}: weights do not fit this model (shapes differ for {shape_mismatch[:4]})"
+        )
+    state = {k: v for k, v in state.items() if k not in shape_mismatch}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    print(f"== initialised from {source}: {len(state)} tensors; "
+          f"missing {len(missing)} {list(missing)[:4]}, unexpected {len(unexpected)} {list(unexpected)[:4]}"
+          + ("; classifier re-initialised (class count differs)" if shape_mismatch else ""))  # fmt: skip
 
 
 def rng_state() -> dict[str, Any]:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [
         ("image model (ResNet-18 + UperNet)", img, res["image/fp32"]["fps"]),
         (
-            f"SSP ({vid['registration']['settings'].get('provider', '?')} registration)",
+            f"SSP ({vid['video_model']['helpers']['registration']['settings']['provider']} registration)",
             vid,
             res["video/fp32"]["fps"],
         ),

@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from config.errors import ConfigError, UserError
-from config.loader import dump, to_dict
+from config.loader import dump
 from data.catalog import DatasetInfo
 from data.image_dataset import worker_init
-from eval.evaluate import autocast, device_name
+from eval.evaluate import amp_dtype, autocast, device_name
 from eval.metrics import ConfusionMatrix
 from training import distributed as D
-from training.checkpoint import atomic_save, rng_state, set_rng_state
+from training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from training.optim import LRSchedule, build_optimizer
 
 StepFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
@@ -43,13 +43,6 @@ ValidateFn = Callable[[nn.Module], tuple[ConfusionMatrix, list[np.ndarray]]]
 
 class TrainingDiverged(UserError):
     prefix = "training error"
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``training_cfg.amp`` on ``device`` (auto = bf16 on CUDA, none on CPU)."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def epoch_indices(n: int, seed: int, epoch: int, per_step: int) -> list[int]:
@@ -62,11 +55,6 @@ def epoch_indices(n: int, seed: int, epoch: int, per_step: int) -> list[int]:
     world = D.world_size()
     usable = (n // (per_step * world)) * per_step * world  # every rank gets the same number of whole steps
     return perm[:usable][D.rank() :: world]
-
-
-def save_checkpoint(path: Path, model: nn.Module, cfg: Any, kind: str, **extra: Any) -> None:
-    """A self-describing checkpoint: weights, resolved config, kind, plus ``extra`` (epoch, step, ...)."""
-    atomic_save({"model": model.state_dict(), "config": to_dict(cfg), "kind": kind, **extra}, path)
 
 
 def fit(
@@ -82,6 +70,7 @@ def fit(
     device: torch.device,
     resume: dict | None = None,
     checkpoint_extra: dict | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
 ) -> dict:
     """Train ``model`` (on ``device``, not yet wrapped) and return the final history entry.
 
@@ -131,7 +120,8 @@ def fit(
         train_set.epoch = epoch  # per-sample augmentation seeds depend on it
         order = epoch_indices(len(train_set), tcfg.seed, epoch, per_step)[: steps_per_epoch * per_step]
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers,
-                            pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init)  # fmt: skip
+                            pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init,
+                            collate_fn=collate_fn)  # fmt: skip
         batches = iter(loader)
         model.train()
         loss_sum, parts_sum = 0.0, {}

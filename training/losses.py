@@ -8,10 +8,9 @@ from torch import nn
 
 from config.errors import ConfigError
 from config.schema import LossCfg, TCLossCfg
+from data.catalog import IGNORE_INDEX
 from data.transforms import denormalize
 from models.warp import flow_warp, fwd_bwd_occlusion
-
-IGNORE_INDEX = 255
 
 
 class SegmentationCE(nn.Module):

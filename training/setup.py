@@ -11,6 +11,7 @@ import torch
 from config.errors import ConfigError
 from config.loader import check_layer, dump, from_dict, load, parse_overrides, read_yaml, save, to_dict
 from config.schema import KINDS
+from eval.evaluate import resolve_device
 from models.runs import locate_run
 from training import distributed as D
 from training.checkpoint import load_resume_state, new_run_dir, seed_everything
@@ -41,12 +42,7 @@ def _conflicts(overrides: dict, stored: dict, prefix: str = "") -> list[str]:
 def start_run(config: str, overrides: list[str], kind: str) -> RunSetup:
     """Load the config, join the process group, and create a new run folder or reopen the one to resume."""
     cfg = load(config, kind, overrides)
-    device_kind = cfg.training_cfg.device
-    if device_kind == "auto":
-        device_kind = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device_kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training_cfg.device: cuda requested but no CUDA device is visible; use device=cpu")
-    device = D.init(device_kind)
+    device = D.init(resolve_device(cfg.training_cfg.device, "training_cfg.device").type)
 
     resume = None
     if cfg.resume_training:

@@ -9,18 +9,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from config.errors import CheckpointError, ConfigError, run_cli
+from config.errors import ConfigError, run_cli
 from data.augment import ImageTrainAugment
 from data.catalog import get_dataset_info
-from data.frames import ensure_dataset, read_split
+from data.frames import open_split
 from data.image_dataset import LabelledFrames
-from eval.evaluate import validate
+from eval.evaluate import amp_dtype, validate
 from models.build import build_image_model
-from models.runs import weights_for_init
 from training import distributed as D
-from training.loop import amp_dtype, fit, save_checkpoint
+from training.checkpoint import load_pretrained_checkpoint, save_checkpoint
+from training.loop import fit
 from training.losses import build_segmentation_loss
 from training.setup import start_run
 from training.steps import image_step
@@ -31,22 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="config name in config/image/ or a path to a YAML file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training_cfg.lr=1.0e-4")
     return p
-
-
-def load_pretrained_checkpoint(model: torch.nn.Module, name: str, save_dir: str) -> None:
-    """``pretrained_checkpoint``: load weights only; classifier keys are dropped only if the class count differs."""
-    state, source = weights_for_init(name, save_dir)
-    own = model.state_dict()
-    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if any("classifier" not in k for k in shape_mismatch):
-        raise CheckpointError(
-            f"{source}: weights do not fit this model (shapes differ for {shape_mismatch[:4]})"
-        )
-    state = {k: v for k, v in state.items() if k not in shape_mismatch}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    print(f"== initialised from {source}: {len(state)} tensors; "
-          f"missing {len(missing)} {list(missing)[:4]}, unexpected {len(unexpected)} {list(unexpected)[:4]}"
-          + ("; classifier re-initialised (class count differs)" if shape_mismatch else ""))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -74,9 +56,8 @@ def main(argv: list[str] | None = None) -> Path:
         )
 
     with D.main_first():
-        root = ensure_dataset(dcfg.dataset, dcfg.path, size, dcfg.generate_if_missing)
-    train_clips = read_split(root, "train", info, dcfg.min_vid_len)
-    val_clips = read_split(root, "val", info, dcfg.min_vid_len)
+        root, _, train_clips = open_split(dcfg, "train", dcfg.min_vid_len)
+        _, _, val_clips = open_split(dcfg, "val", dcfg.min_vid_len)
     augment = ImageTrainAugment(square_crop=dcfg.square_crop) if dcfg.data_augmentation else None
     train_set = LabelledFrames(train_clips, info, size, train=True, augment=augment, square_crop=dcfg.square_crop,
                                skip=dcfg.train_skip_frames, seed=tcfg.seed)  # fmt: skip

@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config.errors import ConfigError, run_cli
-from data.catalog import get_dataset_info
-from data.frames import ensure_dataset, read_split
 from data.image_dataset import FrameStream, collate_stream, worker_init
 from eval.evaluate import device_name, predict_tta, software
 from eval.vis.outputs import LogitsWriter, PredictionWriter, format_scores, format_table, write_metrics
-from eval.vis.stream import FrameScorer, add_common_args, build_tc, build_vc, resolve_device
-from models.runs import load_image_model, locate_run
+from eval.vis.stream import FrameScorer, add_common_args, build_tc, build_vc, open_run
+from models.runs import load_image_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,21 +61,23 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not (args.evaluation or args.write_res or args.save_logits):
         print("nothing to do: --no-evaluation and --no-write-res without --save-logits")
         return None
-    device = resolve_device(args.device)
-    run = locate_run(args.run, args.save_dir)
-    model, cfg, meta = load_image_model(run, best=args.best_model)
-    model.to(device)
-    info = get_dataset_info(cfg.data_cfg.dataset)
-    size = tuple(cfg.data_cfg.crop_size)
-    root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, size, cfg.data_cfg.generate_if_missing)
-    clips = read_split(root, args.split, info)
+    ev = open_run(args, load_image_model)
+    run, model, meta, info, size, clips, device = (
+        ev.run,
+        ev.model,
+        ev.meta,
+        ev.info,
+        ev.size,
+        ev.clips,
+        ev.device,
+    )
     stream = FrameStream(clips, info, size, args.skip_frames, native_labels=args.resolution == "label")
     loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.num_workers,
                         worker_init_fn=worker_init, collate_fn=collate_stream)  # fmt: skip
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = ev.amp
     tta = "multiscale" if args.multiscale and args.tta == "none" else args.tta
 
-    out = run / "results" / args.split
+    out = ev.out
     writer = PredictionWriter(out, info) if args.write_res else None
     manifest = {"teacher_run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"), "split": args.split,
                 "num_classes": info.num_classes, "classes": list(info.class_names), "input_size": list(size),

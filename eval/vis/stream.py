@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ import torch.nn.functional as F
 
 from config.errors import ConfigError
 from data.catalog import DatasetInfo
-from data.frames import Clip
+from data.frames import Clip, open_split
+from eval.evaluate import amp_dtype, resolve_device
 from eval.metrics import ConfusionMatrix
 from eval.tc import TemporalConsistency, protocol
 from eval.vc import VideoConsistency
+from models.runs import locate_run
 
 TC_ALIASES = {"reference": "tc_reference"}
 
@@ -54,11 +58,32 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                         "each mask's own size (logits resized bilinearly, then argmax); TC stays at the input size")  # fmt: skip
 
 
-def resolve_device(arg: str) -> torch.device:
-    dev = arg if arg != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
-    return torch.device(dev)
+@dataclass
+class EvalSetup:
+    """What both evaluation CLIs set up from their common flags: the run, its model on the device, its data."""
+
+    run: Path
+    device: torch.device
+    model: Any
+    cfg: Any
+    meta: dict
+    info: DatasetInfo
+    size: tuple[int, int]
+    clips: list[Clip]
+    out: Path  # <run>/results/<split>/
+    amp: torch.dtype | None  # the run's training_cfg.amp on this device
+
+
+def open_run(args: argparse.Namespace, load: Callable[..., tuple[Any, Any, dict]]) -> EvalSetup:
+    """Resolve ``--device``, find the run, ``load(run, best)`` its model onto the device, and open ``--split``."""
+    device = resolve_device(args.device)
+    run = locate_run(args.run, args.save_dir)
+    model, cfg, meta = load(run, args.best_model)
+    model.to(device).eval()
+    _, info, clips = open_split(cfg.data_cfg, args.split)
+    return EvalSetup(run=run, device=device, model=model, cfg=cfg, meta=meta, info=info,
+                     size=tuple(cfg.data_cfg.crop_size), clips=clips, out=run / "results" / args.split,
+                     amp=amp_dtype(cfg.training_cfg.amp, device))  # fmt: skip
 
 
 def build_tc(args: argparse.Namespace, info: DatasetInfo, device: torch.device) -> TemporalConsistency | None:

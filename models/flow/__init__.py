@@ -13,6 +13,9 @@ name           what
 Every provider: ``provider(img1 [B,3,H,W] RGB in [0,1], img2, pairs=None) -> flow [B,2,H,W]`` float32 on
 ``img1.device``, on ``img1``'s pixels pointing into ``img2`` (x, y in pixels); ``provider.settings()`` describes
 it for the results (see :mod:`models.flow.base`).
+
+Trainable flow networks (``nn.Module``s saved and optimised with their owner, e.g. DFF's ``train_flow``) are in
+:data:`models.registry.FLOW_NETWORKS`: ``raft_large``, ``raft_small`` (:class:`models.flow.raft.RaftNet`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from models.flow import gt, opencv, raft
 from models.flow.base import FlowProvider
 from models.flow.gt import GTFlow
 from models.flow.opencv import DISFlow, FarnebackFlow
-from models.flow.raft import RaftFlow
+from models.flow.raft import RaftFlow, RaftNet
 from models.registry import FLOW_PROVIDERS
 
 
@@ -55,6 +58,7 @@ __all__ = [
     "FlowProvider",
     "GTFlow",
     "RaftFlow",
+    "RaftNet",
     "build_flow",
     "gt",
     "opencv",

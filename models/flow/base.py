@@ -59,6 +59,9 @@ class FlowProvider(ABC):
     """
 
     name: str = ""
+    # True when the provider reads stored results through ``pairs`` (``gt``): it then cannot follow augmented
+    # frames, so a video model asks the data side for the stored flows instead (``DataNeeds.true_flows``).
+    needs_pairs: bool = False
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class GTFlow(FlowProvider):
     """True flow of the synthetic set; needs ``pairs`` (frames on disk)."""
 
     name = "gt"
+    needs_pairs = True
 
     def settings(self) -> dict[str, Any]:
         return {

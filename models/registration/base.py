@@ -56,11 +56,14 @@ class RegistrationProvider(ABC):
     Attributes:
         name: the registry name.
         runs_in_loader: whether :meth:`estimate_np` works (CPU providers), i.e. the data loader may call it.
+        needs_pairs: whether it reads stored results for frames on disk (``gt``): augmented training frames then
+            get their homographies from the dataset's ground truth instead.
         last_fallbacks: per sample of the latest call, whether it fell back to the identity (for the cache).
     """
 
     name: str = ""
     runs_in_loader: bool = True
+    needs_pairs: bool = False
 
     def __init__(self) -> None:
         self._stats = dict.fromkeys(_COUNTERS, 0)

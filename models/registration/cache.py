@@ -49,6 +49,7 @@ class CachedRegistration(RegistrationProvider):
         self.inner = provider
         self.name = provider.name
         self.runs_in_loader = provider.runs_in_loader
+        self.needs_pairs = provider.needs_pairs
         self.cache_dir = Path(cache_dir)
 
     def settings(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class GTRegistration(RegistrationProvider):
     """The synthetic set's true homographies; needs the frame pairs. Keeps the last few clips' arrays."""
 
     name = "gt"
+    needs_pairs = True
     _MAX_CLIPS = 32
 
     def __init__(self) -> None:

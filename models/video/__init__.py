@@ -1,3 +1,4 @@
-"""Video models. Importing this package registers them (``video_model_cfg.model_name``)."""
+"""Video models. Importing this package registers them (``video_model_cfg.model_name``); see
+:mod:`models.video.base` for the contract they keep."""
 
-from models.video import ssp  # noqa: F401  (registers "base")
+from models.video import dff, per_frame, ssp  # noqa: F401  (each registers its builder)

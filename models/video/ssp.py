@@ -5,41 +5,40 @@ fused output ``o_{t-1}`` and features ``f_{t-1}`` are registered into frame ``t`
 a similarity module turns ``[warp(f_{t-1}), f_t]`` into a weight ``s`` and ``o_t = s * warp(o_{t-1}) +
 (1 - s) * y_t``. The first frame of a clip is the image prediction.
 
-Streaming: ``state = model.init_state()``, then ``logits, state = model.step(frame, state)`` per frame. The clip
-forward :meth:`SSP.forward` runs the same recurrence over ``[B,T,...]``; for a (t-1, t) pair it is exactly the
-reference training forward (the past is the raw image prediction of t-1, because ``o_0 = y_0``).
+Streaming (the contract of :mod:`models.video.base`): ``state = model.init_state()``, then
+``out, state = model.step(frame, state, side)`` per frame. The clip forward :meth:`SSP.forward` runs the same
+recurrence over a :class:`VideoBatch`; for a (t-1, t) pair it is exactly the reference training forward (the past
+is the raw image prediction of t-1, because ``o_0 = y_0``). Its training step is ``ssp`` (cross-entropy plus the
+temporal-consistency loss, :mod:`training.steps.ssp`).
 
-The registration provider is a frozen auxiliary component: it is kept outside the module tree, so it is never in
-the state dict, the optimizer or the DDP-wrapped module (``ssp.md`` §3.8, §15.1 #20).
+The registration provider is a frozen helper built by :func:`build_ssp`: it is kept outside the module tree, so it
+is never in the state dict, the optimizer or the DDP-wrapped module (``ssp.md`` §3.8, §15.1 #20). When the data
+loader registers the (augmented) training frames, :meth:`SSP.needs` says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from config.errors import ConfigError
-from config.schema import VideoModelCfg
+from config.schema import VideoConfig
 from data.frames import FramePair
 from data.transforms import denormalize
+from data.video_batch import VideoBatch
 from models.image.segmentor import Segmentor
 from models.registry import VIDEO_MODELS
+from models.video.base import DataNeeds, StepOutput, StepSide, Timer, VideoModel, VideoOutput, no_timer
 from models.video.similarity import MIXING, SIMILARITY
 from models.warp import homography_warp
-
-Timer = Callable[[str], AbstractContextManager]
-
-
-def _no_timer(name: str) -> AbstractContextManager:
-    return nullcontext()
 
 
 @dataclass
@@ -49,7 +48,7 @@ class SSPState:
     ``fused`` [B,K,h,w] the previous fused logits (full size, or stride 4 without ``upsample_before_mixing``);
     ``feats`` [B,E,H/4,W/4] the previous stage-1 features; ``frame01`` [B,3,H,W] the previous frame in [0,1]
     (for the registration); ``raw`` [B,K,H/4,W/4] the frame's plain image logits, before fusion and
-    upsampling (:meth:`SSP.image_logits` brings them to the input size only when someone looks at them).
+    upsampling (brought to the input size only when someone looks at them).
     """
 
     fused: Tensor | None = None
@@ -58,7 +57,7 @@ class SSPState:
     raw: Tensor | None = None
 
 
-class SSP(nn.Module):
+class SSP(VideoModel):
     """The SSP video model.
 
     Args:
@@ -74,7 +73,12 @@ class SSP(nn.Module):
         freeze_image_model: keep the image network fixed (and in eval mode); train the fusion only.
         overlap_registration: in :meth:`step`, run a CPU provider in a background thread while the image network
             runs, when a core is free for it (same result; the fusion waits for it).
+        register_in_loader: training: the data loader registers the augmented frames with the provider (CPU
+            providers); homographies then come with each batch.
     """
+
+    method = "base"
+    train_step = "ssp"
 
     def __init__(
         self,
@@ -90,31 +94,25 @@ class SSP(nn.Module):
         features_interp_mode: str = "bilinear",
         freeze_image_model: bool = False,
         overlap_registration: bool = True,
+        register_in_loader: bool = False,
     ) -> None:
-        super().__init__()
-        self.image_model = image_model
+        super().__init__(image_model, freeze_image_model)
         channels = image_model.feature_info.channels[0]
         self.feature_stride = image_model.feature_info.strides[0]
         self.sim = SIMILARITY.build(sim_op, channels=channels)
         self.mix = MIXING.build(pred_mixing_op, num_classes=image_model.num_classes, layers=mixing_layers)
         self.sim_op, self.upsample_before_mixing, self.upsampling = sim_op, upsample_before_mixing, upsampling
         self.scaling, self.features_interp_mode = scaling, features_interp_mode
-        self.freeze_image_model = freeze_image_model
-        if freeze_image_model:
-            image_model.requires_grad_(False)
-        object.__setattr__(self, "registration", registration)  # not a submodule: never saved or trained
-        self.overlap_registration = overlap_registration
+        self.add_helper("registration", registration)  # not a submodule: never saved or trained
+        self.overlap_registration, self.register_in_loader = overlap_registration, register_in_loader
         object.__setattr__(self, "_executor", None)
 
-    @property
-    def num_classes(self) -> int:
-        return self.image_model.num_classes
-
-    def train(self, mode: bool = True) -> SSP:
-        super().train(mode)
-        if self.freeze_image_model:
-            self.image_model.eval()  # frozen BatchNorm statistics too
-        return self
+    def needs(self) -> DataNeeds:
+        """(t-1, t) pairs; true homographies from the dataset when the provider reads stored ones (``gt``),
+        the provider itself in the loader with ``register_in_loader``."""
+        stored = bool(getattr(self.registration, "needs_pairs", False))
+        in_loader = self.register_in_loader and not stored
+        return DataNeeds(true_homographies=stored, registration=self.registration if in_loader else None)
 
     # ------------------------------------------------------------------------------------------- helpers
     def _up(self, x: Tensor, size: Sequence[int]) -> Tensor:
@@ -135,7 +133,7 @@ class SSP(nn.Module):
 
     def fuse(
         self, past: Tensor, past_feats: Tensor, logits: Tensor, feats: Tensor, h: Tensor, size: Sequence[int],
-        timer: Timer = _no_timer,
+        timer: Timer = no_timer,
     ) -> Tensor:  # fmt: skip
         """One fusion step. ``past`` [B,K,h,w] previous fused logits, ``logits`` [B,K,h4,w4] current stride-4
         logits, ``feats``/``past_feats`` [B,E,h4,w4], ``h`` [B,3,3] in input pixels; returns ``o_t`` (full size with
@@ -164,23 +162,21 @@ class SSP(nn.Module):
         return SSPState()
 
     def step(
-        self,
-        frame: Tensor,
-        state: SSPState,
-        homography: Tensor | None = None,
-        pair: FramePair | None = None,
-        timer: Timer = _no_timer,
-    ) -> tuple[Tensor, SSPState]:
-        """One frame: ``frame`` [B,3,H,W] (ImageNet-normalised) -> (fused logits [B,K,H,W], new state).
+        self, frame: Tensor, state: SSPState, side: StepSide | None = None
+    ) -> tuple[StepOutput, SSPState]:
+        """One frame: ``frame`` [B,3,H,W] (ImageNet-normalised) -> (fused logits [B,K,H,W] with the plain stride-4
+        image logits, new state).
 
-        ``homography`` [B,3,3] maps the previous frame onto this one; without it the provider estimates it
-        (``pair`` lets stored or cached results be found). ``timer(name)`` wraps the stages for benchmarks.
+        ``side.homography`` [B,3,3] maps the previous frame onto this one; without it the provider estimates it
+        (``side.pair`` lets stored or cached results be found). ``side.timer(name)`` wraps the stages.
         """
+        side = side or StepSide()
+        timer, homography = side.timer, side.homography
         size = frame.shape[-2:]
         frame01 = denormalize(frame) if self.registration is not None else None
         pending = None
         if state.fused is not None and homography is None:
-            pairs = None if pair is None else [pair]
+            pairs = None if side.pair is None else [side.pair]
             if self._overlap_registration(frame.device):
                 # OpenCV registration needs only the two frames: it runs on another core while the network runs
                 pending = self._pool().submit(self.register, state.frame01, frame01, pairs)
@@ -200,7 +196,9 @@ class SSP(nn.Module):
             fused = self.fuse(state.fused, state.feats, logits, feats[0], homography, size, timer)
         with timer("upsample"):
             out = self._up(fused, size)
-        return out, SSPState(fused=fused, feats=feats[0], frame01=frame01, raw=logits)
+        return StepOutput(out, image_logits=logits), SSPState(
+            fused=fused, feats=feats[0], frame01=frame01, raw=logits
+        )
 
     def _overlap_registration(self, device: torch.device) -> bool:
         """Whether streaming runs the provider in a background thread: CPU (OpenCV) providers with
@@ -218,45 +216,53 @@ class SSP(nn.Module):
             )
         return self._executor
 
-    def image_logits(self, state: SSPState, size: Sequence[int]) -> Tensor:
-        """The last frame's plain image prediction [B,K,*size] (what the image network alone would output)."""
-        return self._up(state.raw, size)
-
     # -------------------------------------------------------------------------------------------- clips
-    def forward(
-        self,
-        frames: Tensor,
-        homographies: Tensor | None = None,
-        pairs: Sequence[Sequence[FramePair]] | None = None,
-    ) -> dict[str, Tensor]:
-        """The recurrence over a clip ``frames`` [B,T,3,H,W] (ImageNet-normalised), as in training.
+    def forward(self, batch: VideoBatch) -> VideoOutput:
+        """The recurrence over a clip ``batch.frames`` [B,T,3,H,W] (ImageNet-normalised), as in training.
 
-        ``homographies`` [B,T-1,3,3]: entry i maps frame i onto frame i+1 (estimated by the provider when None).
-        Returns ``fused`` and ``image`` logits, both [B,T,K,H,W] at the input size; ``image`` is the plain image
-        prediction of each frame (the temporal loss needs that of t-1). Each frame is a separate encoder pass,
-        as in the reference (separate BatchNorm batch statistics).
+        ``batch.homographies`` [B,T-1,3,3]: entry i maps frame i onto frame i+1 (estimated by the provider when
+        None). Returns the fused logits and the plain image logits (``ssp.md`` §5.3 needs those of t-1), both
+        [B,T,K,H,W] at the input size with SSP's own upsampling. Each frame is a separate encoder pass, as in the
+        reference (separate BatchNorm batch statistics).
         """
-        b, t = frames.shape[:2]
+        frames, homs = batch.frames, batch.homographies
+        size = frames.shape[-2:]
         state, fused, image = self.init_state(), [], []
-        for i in range(t):
-            h = None if homographies is None or i == 0 else homographies[:, i - 1]
+        for i in range(frames.shape[1]):
+            h = None if homs is None or i == 0 else homs[:, i - 1]
             if i > 0 and h is None:
-                prev01, cur01 = denormalize(frames[:, i - 1]), denormalize(frames[:, i])
-                step_pairs = None if pairs is None else [p[i - 1] for p in pairs]
-                h = self.register(prev01, cur01, step_pairs)
-            out, state = self.step(frames[:, i], state, homography=h)
-            fused.append(out)
-            image.append(self.image_logits(state, frames.shape[-2:]))
-        return {"fused": torch.stack(fused, 1), "image": torch.stack(image, 1)}
+                h = self.register(denormalize(frames[:, i - 1]), denormalize(frames[:, i]))
+            out, state = self.step(frames[:, i], state, StepSide(homography=h))
+            fused.append(out.logits)
+            image.append(self._up(out.image_logits, size))
+        return VideoOutput(logits=torch.stack(fused, 1), image_logits=torch.stack(image, 1))
 
 
 @VIDEO_MODELS.register("base")
-def build_ssp(vcfg: VideoModelCfg, image_model: Segmentor, registration: Any | None) -> SSP:
-    """SSP from ``video_model_cfg`` (the one place its keys become constructor arguments)."""
+def build_ssp(
+    cfg: VideoConfig, image_model: Segmentor, *, device: torch.device | str = "cpu", pretrained: bool = True,
+    use_caches: bool = True,
+) -> SSP:  # fmt: skip
+    """SSP from a video config (the one place its keys become constructor arguments), with its registration
+    provider. ``use_caches=False`` bypasses the on-disk registration cache (the benchmark times the estimate)."""
+    from models.registration import build_registration  # OpenCV and kornia only when SSP is built
+
+    vcfg, dcfg = cfg.video_model_cfg, cfg.data_cfg
     if vcfg.low_scale_homo:
         raise ConfigError(
             "video_model_cfg.low_scale_homo: the reference's low-scale registration scales homographies "
             "inconsistently (ssp.md 15.1 #9); it is not offered; set it to false"
+        )
+    if list(dcfg.adjacent_frames) != [-1]:
+        raise ConfigError(
+            f"data_cfg.adjacent_frames: SSP trains on (t-1, t) pairs; use [-1], got {dcfg.adjacent_frames}"
+        )
+    settings = vcfg.registration if use_caches else dataclasses.replace(vcfg.registration, cache=False)
+    registration = build_registration(vcfg.k_registrator_model, settings)
+    if dcfg.opencv_homos and not registration.runs_in_loader:
+        raise ConfigError(
+            f"data_cfg.opencv_homos: '{vcfg.k_registrator_model}' registration runs in the model, not in the data "
+            "loader; set opencv_homos: false"
         )
     return SSP(
         image_model,
@@ -269,4 +275,5 @@ def build_ssp(vcfg: VideoModelCfg, image_model: Segmentor, registration: Any | N
         scaling=vcfg.registration.scaling,
         features_interp_mode=vcfg.features_interp_mode,
         freeze_image_model=vcfg.freeze_image_model,
+        register_in_loader=dcfg.opencv_homos,
     )

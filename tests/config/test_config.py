@@ -142,3 +142,49 @@ def test_every_shipped_image_config_builds_its_model(path: Path) -> None:
     model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)
     model.check_input_size(*cfg.data_cfg.crop_size)
     assert model.num_classes == info.num_classes
+
+
+def _registry_fields(cls: type, prefix: str = "") -> list[tuple[str, set, dict]]:
+    """(key path, Literal choices, metadata) of every schema key that names a registry, recursively."""
+    import dataclasses
+    import typing
+
+    from config.loader import section_type
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        nested = section_type(hints[f.name])
+        if nested is not None:
+            out += _registry_fields(nested, f"{prefix}{f.name}.")
+        elif "registry" in f.metadata:
+            out.append((f"{prefix}{f.name}", set(typing.get_args(hints[f.name])), dict(f.metadata)))
+    return out
+
+
+def test_every_schema_list_of_names_equals_its_registry() -> None:
+    """A name the schema accepts builds, and a registered component is reachable from a config."""
+    import models  # noqa: F401  (registers everything)
+    from config.schema import KINDS
+    from models.registry import Registry
+
+    fields = [f for schema in KINDS.values() for f in _registry_fields(schema)]
+    for key, choices, meta in fields:
+        registry = Registry.ALL[meta["registry"]]
+        assert choices - set(meta.get("registry_extra", ())) == set(registry.names()), key
+    named = {meta["registry"] for _, _, meta in fields}
+    assert {"video model", "flow provider", "registration provider", "head", "similarity op"} <= named
+
+
+def test_a_method_section_must_match_model_name(tmp_path: Path) -> None:
+    cfg = load("dff_synthetic", "video")
+    assert cfg.video_model_cfg.dff is not None and cfg.video_model_cfg.dff.flow == "dis"
+    assert load("ssp_synthetic", "video").video_model_cfg.dff is None  # a section not set stays null
+    with pytest.raises(ConfigError, match="video_model_cfg.dff: this section configures model_name 'dff2'"):
+        load("ssp_synthetic", "video", ["video_model_cfg.dff.k_interval=4"])
+    with pytest.raises(ConfigError, match="dff"):
+        load("dff_synthetic", "video", ["video_model_cfg.model_name=base"])
+    # a resolved config (as stored in a run) loads back: unset sections are written as null
+    path = tmp_path / "stored.yaml"
+    path.write_text(dump(load("ssp_synthetic", "video")))
+    assert load(str(path), "video").video_model_cfg.dff is None

@@ -358,13 +358,13 @@ def test_resize_matrix_is_pixel_centre_aligned() -> None:
     """``x_out = (x_in + 0.5) s - 0.5``, the grid of cv2.resize: a horizontal/vertical ramp resized with
     resize_frame reads back the source coordinate that the inverse matrix gives."""
     from data.transforms import resize_frame
-    from data.video_dataset import _pixel_resize
+    from data.video_dataset import pixel_resize_matrix
 
     src, dst = (20, 30), (50, 45)
     yy, xx = np.mgrid[0 : src[0], 0 : src[1]]
     ramp = np.stack([xx * 8, yy * 8, np.zeros_like(xx)], -1).astype(np.uint8)
     out = resize_frame(ramp, dst).astype(np.float64) / 8
-    inv = np.linalg.inv(_pixel_resize(src, dst))
+    inv = np.linalg.inv(pixel_resize_matrix(src, dst))
     oy, ox = np.mgrid[0 : dst[0], 0 : dst[1]]
     sx, sy = inv[0, 0] * ox + inv[0, 2], inv[1, 1] * oy + inv[1, 2]
     inner = (sx >= 0) & (sx <= src[1] - 1) & (sy >= 0) & (sy <= src[0] - 1)

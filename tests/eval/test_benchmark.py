@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from config.errors import ConfigError
+from config.errors import CheckpointError, ConfigError
 from eval import benchmark
 from tests.conftest import TINY_HW
 from training import train_video
@@ -70,11 +70,18 @@ def test_video_run_benchmark_fp32(video_run: Path) -> None:
     )
     assert set(res["image/fp32"]["stages_ms"]) == {"backbone", "head", "upsample", "argmax"}
     assert res["ratio/fp32"] == round(res["video/fp32"]["fps"] / res["image/fp32"]["fps"], 3)
-    reg = report["registration"]
-    assert reg is not None and reg["provider"] == "gt"  # the run's provider, recorded
+    described = report["video_model"]
+    assert described["method"] == "base"
+    assert (
+        described["helpers"]["registration"]["settings"]["provider"] == "gt"
+    )  # the run's provider, recorded
     assert report["frames_source"] == "synthetic val clips resized to 64x96"
     text = benchmark.format_report(report)
-    assert "registration: gt\n" in text and f"video FPS / image FPS (fp32): {res['ratio/fp32']:.3f}" in text
+    assert (
+        "method: base (recurrent" in text
+        and "registration: gt\n" in text
+        and f"video FPS / image FPS (fp32): {res['ratio/fp32']:.3f}" in text
+    )
 
 
 def test_video_run_benchmark_both_precisions_and_options(video_run: Path) -> None:
@@ -85,13 +92,15 @@ def test_video_run_benchmark_both_precisions_and_options(video_run: Path) -> Non
         _check_entry(entry, frames=5, runs=2)
         assert {"backbone", "head", "warp", "fusion"} <= set(entry["stages_ms"])
 
-    report = benchmark.main([str(video_run), *QUICK, "--precision", "bf16", "--registration", "identity"])
+    report = benchmark.main([str(video_run), *QUICK, "--precision", "bf16",
+                             "--set", "video_model_cfg.k_registrator_model=identity"])  # fmt: skip
     _check_file(video_run, report, "cpu_64x96_bf16.json")
     assert set(report["results"]) == {"video/bf16", "image/bf16", "ratio/bf16"}
     assert report["results"]["ratio/bf16"] == round(
         report["results"]["video/bf16"]["fps"] / report["results"]["image/bf16"]["fps"], 3
     )
-    assert report["registration"]["provider"] == "identity"  # --registration replaces the run's provider
+    # --set replaces the run's provider (a frozen helper) before the build
+    assert report["video_model"]["helpers"]["registration"]["settings"]["provider"] == "identity"
 
 
 def test_bad_arguments_are_config_errors(video_run: Path) -> None:
@@ -109,8 +118,33 @@ def test_image_run_benchmark_has_image_entries_only(tiny_image_run: Path, tmp_pa
     )  # the shared run stays as it is
     report = benchmark.main([str(run), *QUICK, "--precision", "both"])
     _check_file(run, report, "cpu_64x96_both.json")
-    assert report["kind"] == "image" and report["registration"] is None
+    assert report["kind"] == "image"
+    assert report["video_model"] == {"method": "per_frame", "inference": "per frame (image)", "helpers": {}}
     assert set(report["results"]) == {"image/fp32", "image/bf16"}
     for entry in report["results"].values():
         _check_entry(entry, frames=5, runs=2)
         assert set(entry["stages_ms"]) == {"backbone", "head", "upsample", "argmax"}
+
+
+def test_dff_run_reports_its_own_stages(tiny_synthetic: Path, tiny_image_run: Path, tmp_path: Path) -> None:
+    """The benchmark times any method through the contract: DFF's keyframe / flow / warp / head split, and no
+    registration (a DFF run needs no DISK or RAFT file)."""
+    h, w = TINY_HW
+    run = train_video.main([
+        "dff_synthetic", f"save_dir={tmp_path}", f"data_cfg.path={tiny_synthetic}",
+        f"data_cfg.crop_size=[{h}, {w}]", f"image_model_cfg.checkpoint_name={tiny_image_run}",
+        "video_model_cfg.dff.k_interval=3", "training_cfg.batch_size=2", "training_cfg.num_epochs=1",
+        "training_cfg.max_steps_per_epoch=1", "training_cfg.max_val_samples=2", "training_cfg.num_workers=0",
+        "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0",
+    ])  # fmt: skip
+    report = benchmark.main([str(run), *QUICK])
+    assert report["video_model"]["method"] == "dff2" and set(report["video_model"]["helpers"]) == {"flow"}
+    stages = report["results"]["video/fp32"]["stages_ms"]
+    assert {"keyframe", "flow", "warp", "head", "upsample", "argmax"} <= set(stages)
+    assert (
+        "registration" not in stages and "backbone" not in stages
+    )  # the backbone runs inside keyframes only
+    _check_entry(report["results"]["video/fp32"], frames=5, runs=2)
+    assert "dis" in benchmark.format_report(report)
+    with pytest.raises(CheckpointError, match="image run"):
+        benchmark.main([str(tiny_image_run), *QUICK, "--set", "video_model_cfg.sim_op=avg"])

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from data.video_batch import VideoBatch
 from models.image.segmentor import build_segmentor
+from models.video.base import StepSide
 from models.video.similarity import SIMILARITY, ConvSimilarity
 from models.video.ssp import SSP
 from models.warp import homography_warp, scale_homography
@@ -17,6 +19,13 @@ K = 5
 def _image_model(backbone: str = "tiny_cnn") -> torch.nn.Module:
     torch.manual_seed(0)
     return build_segmentor(backbone, "upernet", K, upsampling="bilinear")
+
+
+def _batch(frames: torch.Tensor, homs: torch.Tensor | None = None) -> VideoBatch:
+    """A VideoBatch of ``frames`` [B,T,3,H,W] (labels unused by the model)."""
+    b, t, _, h, w = frames.shape
+    return VideoBatch(frames=frames, labels=torch.full((b, t, h, w), 255), label_valid=torch.zeros(b, t, dtype=torch.bool),
+                      current=t - 1, homographies=homs)  # fmt: skip
 
 
 def _translation(b: int, dx: float, dy: float) -> torch.Tensor:
@@ -52,9 +61,9 @@ def test_quarter_scale_warp_matches_full_warp_then_pooling() -> None:
 @pytest.mark.parametrize("sim_op", SIMILARITY.names())
 def test_every_similarity_op_trains(sim_op: str) -> None:
     model = SSP(_image_model(), sim_op=sim_op).train()
-    out = model(torch.randn(2, 2, 3, 64, 96), _translation(2, 1.0, 0.0)[:, None])
-    assert out["fused"].shape == (2, 2, K, 64, 96)
-    out["fused"][:, 1].sum().backward()
+    out = model(_batch(torch.randn(2, 2, 3, 64, 96), _translation(2, 1.0, 0.0)[:, None]))
+    assert out.logits.shape == (2, 2, K, 64, 96)
+    out.logits[:, 1].sum().backward()
     assert model.image_model.head.classifier.weight.grad is not None
 
 
@@ -62,12 +71,12 @@ def test_constant_is_the_current_prediction_and_reuse_the_warped_past() -> None:
     frames, h = torch.randn(1, 2, 3, 64, 96), _translation(1, 2.0, 1.0)
     const = SSP(_image_model(), sim_op="constant").eval()
     with torch.no_grad():
-        out = const(frames, h[:, None])
-    assert torch.allclose(out["fused"][:, 1], out["image"][:, 1], atol=1e-6)
+        out = const(_batch(frames, h[:, None]))
+    assert torch.allclose(out.logits[:, 1], out.image_logits[:, 1], atol=1e-6)
     reuse = SSP(_image_model(), sim_op="reuse").eval()
     with torch.no_grad():
-        out = reuse(frames, h[:, None])
-    assert torch.allclose(out["fused"][:, 1], homography_warp(out["image"][:, 0], h), atol=1e-6)
+        out = reuse(_batch(frames, h[:, None]))
+    assert torch.allclose(out.logits[:, 1], homography_warp(out.image_logits[:, 0], h), atol=1e-6)
 
 
 @pytest.mark.parametrize("before", [True, False])
@@ -76,11 +85,13 @@ def test_streaming_equals_the_clip_forward(before: bool) -> None:
     frames = torch.randn(2, 4, 3, 64, 96)
     homs = torch.stack([_translation(2, float(i), 0.5 * i) for i in range(3)], 1)
     with torch.no_grad():
-        clip = model(frames, homs)["fused"]
+        clip = model(_batch(frames, homs)).logits
         state, streamed = model.init_state(), []
         for t in range(4):
-            logits, state = model.step(frames[:, t], state, homography=None if t == 0 else homs[:, t - 1])
-            streamed.append(logits)
+            out, state = model.step(
+                frames[:, t], state, StepSide(homography=None if t == 0 else homs[:, t - 1])
+            )
+            streamed.append(out.logits)
     assert torch.equal(torch.stack(streamed, 1), clip)
     if before:  # the first frame of a clip is the image prediction
         assert torch.allclose(clip[:, 0], model.image_model(frames[:, 0]), atol=1e-6)
@@ -91,13 +102,13 @@ def test_pair_step_equals_training_forward_with_raw_previous_prediction() -> Non
     model = SSP(_image_model(), sim_op="conv").eval()
     frames, h = torch.randn(1, 2, 3, 64, 96), _translation(1, 1.5, -0.5)
     with torch.no_grad():
-        pair = model(frames, h[:, None])
+        pair = model(_batch(frames, h[:, None]))
         y_prev = model.image_model(frames[:, 0])
         feats = model.image_model.encode(frames[:, 1])
         logits = model.image_model.decode(feats)
         prev_feats = model.image_model.encode(frames[:, 0])[0]
         manual = model.fuse(y_prev, prev_feats, logits, feats[0], h, (64, 96))
-    assert torch.allclose(pair["fused"][:, 1], manual, atol=1e-6)
+    assert torch.allclose(pair.logits[:, 1], manual, atol=1e-6)
 
 
 def test_widths_come_from_the_backbone() -> None:
@@ -124,7 +135,7 @@ def test_registration_provider_is_not_part_of_the_state() -> None:
     assert not any(k.startswith("registration") for k in model.state_dict())
     frames = torch.randn(1, 2, 3, 64, 96)
     with torch.no_grad():
-        asked = model(frames)["fused"]  # no homographies: the provider is asked
-        given = model(frames, _translation(1, 1.0, 0.0)[:, None])["fused"]
-        identity = model(frames, torch.eye(3)[None, None])["fused"]
+        asked = model(_batch(frames)).logits  # no homographies: the provider is asked
+        given = model(_batch(frames, _translation(1, 1.0, 0.0)[:, None])).logits
+        identity = model(_batch(frames, torch.eye(3)[None, None])).logits
     assert torch.equal(asked, given) and not torch.equal(asked, identity)

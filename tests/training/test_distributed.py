@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from data.catalog import SYNTHETIC
@@ -19,6 +20,7 @@ from models.runs import load_image_model
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(
     tiny_overrides: list[str], tiny_synthetic: Path, tmp_path: Path
 ) -> None:

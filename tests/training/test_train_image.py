@@ -76,6 +76,7 @@ def test_resume_continues_an_interrupted_run(tiny_overrides: list[str]) -> None:
         assert torch.allclose(v.float(), got["model"][k].float(), atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_a_finished_run_with_best(tiny_overrides: list[str]) -> None:
     """SIGKILL train_image during an epoch, then resume: the run finishes and has best.pth."""
     args = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,17 @@ def test_ssp_trains_evaluates_and_resumes(tiny_video_overrides: list[str], tiny_
         assert entry["tc_protocol"]["flow"]["model"] == "gt"
         assert entry["tc_protocol"]["model_inference"].startswith("recurrent")
     assert metrics["vc"]["8"]["value"] is None  # val clips of 5 frames are shorter than any window
-    assert metrics["registration"]["stats"]["pairs"] > 0
+    described = metrics["video_model"]
+    assert described["method"] == "base" and described["inference"].startswith("recurrent")
+    assert described["helpers"]["registration"]["settings"]["provider"] == "gt"
+    assert described["helpers"]["registration"]["stats"]["pairs"] > 0
     for name in ("per_class_iou.csv", "per_clip_tc.csv", "tc_over_time.png"):
         assert (out / name).is_file(), name
     clips = [p.stem for p in (out / "side_by_side").glob("*.gif")]
     assert clips and sorted(clips) == sorted(p.name for p in (out / "pred").iterdir())
+
+    with pytest.raises(CheckpointError, match="'video' checkpoint, not 'image'"):
+        eval_image.main([str(run), "--num-workers", "0"])
 
     again = train_video.main(["ssp_synthetic", f"resume_training={run}", *tiny_video_overrides, *SYNTH])
     assert again == run  # finished: resuming does nothing, and is not an error
@@ -58,6 +65,21 @@ def test_image_evaluation_reports_tc_under_the_same_protocols(tiny_image_run: Pa
     assert all(0.0 <= e["value"] <= 1.0 for e in metrics["tc"].values())
 
 
+def test_an_image_run_streams_through_eval_vis_video_with_the_image_scores(
+    tiny_image_run: Path, tmp_path: Path
+) -> None:
+    """One path: eval.vis.video wraps an image run in the per-frame adapter and scores it as eval.vis.image does."""
+    run = Path(shutil.copytree(tiny_image_run, tmp_path / tiny_image_run.name))  # results go into the run
+    image = eval_image.main([str(run), "--num-workers", "0", "--no-write-res"])
+    video = eval_video.main([str(run), "--num-workers", "0", "--no-write-res"])
+    assert image is not None and video is not None
+    assert video["video_model"] == {"method": "per_frame", "inference": "per frame (image)", "helpers": {}}
+    assert video["miou"]["value"] == pytest.approx(image["miou"]["value"], abs=1e-6)
+    for name in ("tc_reference", "strict"):
+        assert video["tc"][name]["value"] == pytest.approx(image["tc"][name]["value"], abs=1e-6)
+        assert video["tc"][name]["tc_protocol"]["model_inference"].startswith("per frame")
+
+
 def test_missing_image_run_and_wrong_kind_are_clear_errors(
     tiny_video_overrides: list[str], tiny_image_run: Path
 ) -> None:
@@ -67,12 +89,11 @@ def test_missing_image_run_and_wrong_kind_are_clear_errors(
         train_video.main(
             ["ssp_synthetic", *tiny_video_overrides, "image_model_cfg.checkpoint_name=no_such_run"]
         )
-    with pytest.raises(CheckpointError, match="'image' checkpoint, not 'video'"):
-        eval_video.main([str(tiny_image_run)])
     with pytest.raises(ConfigError, match="adjacent_frames"):
         train_video.main(["ssp_synthetic", *tiny_video_overrides, "data_cfg.adjacent_frames=[-2]"])
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_ssp(tiny_video_overrides: list[str], tmp_path: Path) -> None:
     """DDP on 2 CPU processes (gloo): the SSP wrapper trains with its frozen helpers outside DDP."""
     import subprocess

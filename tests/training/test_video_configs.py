@@ -1,9 +1,11 @@
-"""Every config in config/video/ trains for 2 steps at tiny size, as the variant it describes.
+"""Every config in config/video/ loads and builds; one config per distinct method and loss trains 2 steps.
 
-The list of configs is read at collection time, so a new file is covered without editing this module. Each
-config keeps its own model variant (similarity, registration provider, flow backend, lambda, ...); only the data,
-size, schedule and the local weight files are pointed at tiny stand-ins: random-init DISK, LightGlue and RAFT
-files written once per module.
+The list of configs is read at collection time, so a new file is covered without editing this module. Every
+config builds into the variant it describes (method, similarity, providers). Training is what costs time, so it
+runs once per distinct (method, temporal loss on/off, registration provider, flow) combination rather than once
+per ablation file: the suite does not grow with ablations. Each trained config keeps its own model variant; only
+the data, size, schedule and the local weight files are pointed at tiny stand-ins: random-init DISK, LightGlue
+and RAFT files written once per module.
 """
 
 from __future__ import annotations
@@ -16,12 +18,35 @@ import pytest
 import torch
 
 from config.loader import CONFIG_ROOT, load, parse_overrides, read_yaml, to_dict
+from models.build import build_video_model
+from models.image.segmentor import build_segmentor
 from models.runs import load_video_model
 from models.video.similarity import SIMILARITY
 from tests.conftest import TINY_HW
 from training import train_video
 
 CONFIGS = sorted(p.stem for p in (CONFIG_ROOT / "video").glob("*.yaml"))
+
+
+def _training_key(name: str) -> tuple:
+    """What makes a config train differently from another: its method, whether the temporal loss is on, and the
+    helpers' providers (registration, the loss's flow, a method's own flow)."""
+    v = to_dict(load(name, "video").video_model_cfg)
+    tc = v["const_loss_lb"] > 0
+    own = {k: x for k, x in v.items() if isinstance(x, dict) and k not in ("registration", "flow", "tc_loss")}
+    # the registration provider matters to methods that register (their builder then records it as a helper)
+    return (v["model_name"], tc, v["k_registrator_model"], v["flow"]["backend"] if tc else None, str(own))
+
+
+def _representatives() -> list[str]:
+    """One config per training key (the first in name order)."""
+    seen: dict[tuple, str] = {}
+    for name in CONFIGS:
+        seen.setdefault(_training_key(name), name)
+    return sorted(seen.values())
+
+
+TRAINED = _representatives()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +108,57 @@ REPLACED_AT_TINY_SIZE = {
 IMAGE_RUN_CONFIG = {"ablation_untrainedimage": "untrained_synthetic"}
 
 
+def _weight_overrides(cfg: Any, weight_files: dict[str, Path], tmp_path: Path) -> list[str]:
+    """Point every local weight file a config names at the tiny random-init stand-ins: DISK and LightGlue, and in
+    any section that chooses a RAFT model (a flow provider or a method's flow network) every ``*weights`` key."""
+    out = [
+        f"video_model_cfg.registration.disk_weights={weight_files['disk']}",
+        f"video_model_cfg.registration.lightglue_weights={weight_files['lightglue']}",
+        f"video_model_cfg.registration.cache_dir={tmp_path / 'cache'}",  # not the repository's datasets/.cache
+    ]
+
+    def walk(section: dict, prefix: str) -> None:
+        arch = next((v for v in section.values() if isinstance(v, str) and v.startswith("raft_")), None)
+        for key, value in section.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif arch is not None and key.endswith("weights"):
+                out.append(f"{prefix}{key}={weight_files[arch]}")
+
+    walk(to_dict(cfg)["video_model_cfg"], "video_model_cfg.")
+    return out
+
+
 @pytest.mark.parametrize("name", CONFIGS)
+def test_video_config_loads_and_builds_its_variant(
+    name: str, weight_files: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = load(name, "video", _weight_overrides(load(name, "video"), weight_files, tmp_path))
+    vcfg = cfg.video_model_cfg
+    image = build_segmentor("tiny_cnn", "upernet", 5, upsampling="bilinear")
+    model = build_video_model(cfg, image)
+    assert model.method == vcfg.model_name and model.image_model is image
+    described = model.describe()
+    assert described["method"] == vcfg.model_name
+    helper_names = {n for n, _ in model.helpers().items()}
+    assert not any(k.split(".")[0] in helper_names for k in model.state_dict())  # frozen helpers stay outside
+    if hasattr(model, "sim"):  # SSP: the similarity and the registration provider of the file
+        assert isinstance(model.sim, SIMILARITY.get(vcfg.sim_op)), (name, type(model.sim))
+        assert described["helpers"]["registration"]["settings"]["provider"] == vcfg.k_registrator_model
+
+
+def test_training_covers_every_method_and_loss() -> None:
+    """The trained subset has one config per training key, and every registered method is among them."""
+    from models.registry import VIDEO_MODELS
+
+    assert (
+        len({_training_key(n) for n in TRAINED}) == len(TRAINED) == len({_training_key(n) for n in CONFIGS})
+    )
+    trained_methods = {load(n, "video").video_model_cfg.model_name for n in TRAINED}
+    assert trained_methods == set(VIDEO_MODELS.names())
+
+
+@pytest.mark.parametrize("name", TRAINED)
 def test_video_config_trains_two_steps(
     name: str,
     tiny_video_overrides: list[str],
@@ -93,19 +168,14 @@ def test_video_config_trains_two_steps(
 ) -> None:
     cfg = load(name, "video")  # the file loads as it is (no override)
     vcfg = cfg.video_model_cfg
-    flow_weights = weight_files.get(vcfg.flow.backend)
     tiny = [
         "training_cfg.num_epochs=1",
         "training_cfg.early_stopping=null",
         "training_cfg.max_steps_per_epoch=2",
         "training_cfg.max_val_samples=2",
         "training_cfg.vis_samples=0",
-        f"video_model_cfg.registration.disk_weights={weight_files['disk']}",
-        f"video_model_cfg.registration.lightglue_weights={weight_files['lightglue']}",
-        f"video_model_cfg.registration.cache_dir={tmp_path / 'cache'}",  # not the repository's datasets/.cache
+        *_weight_overrides(cfg, weight_files, tmp_path),
     ]
-    if flow_weights is not None:  # RAFT: random weights, the config's backend and iterations
-        tiny += [f"video_model_cfg.flow.weights={flow_weights}"]
     image_run = None
     if name in IMAGE_RUN_CONFIG:
         image_run = request.getfixturevalue("untrained_image_run")
@@ -142,8 +212,10 @@ def test_video_config_trains_two_steps(
 
     # ... and the variant is the one that ran: the run rebuilds into that model, and the loss it trained with
     model, run_cfg, _ = load_video_model(run)
-    assert isinstance(model.sim, SIMILARITY.get(vcfg.sim_op)), (name, type(model.sim))
-    assert model.registration is not None and model.registration.name == vcfg.k_registrator_model
+    assert model.method == vcfg.model_name
+    if hasattr(model, "sim"):
+        assert isinstance(model.sim, SIMILARITY.get(vcfg.sim_op)), (name, type(model.sim))
+        assert model.registration is not None and model.registration.name == vcfg.k_registrator_model
     assert run_cfg.data_cfg.opencv_homos == cfg.data_cfg.opencv_homos
     tc = epochs[-1].get("train_tc")
     if vcfg.const_loss_lb > 0:
