@@ -230,21 +230,24 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def _short(value: Any) -> str:
+    """A settings dict by its provider or model name (the JSON report has the rest)."""
+    if isinstance(value, dict):
+        return str(value.get("provider", value.get("model", value)))
+    return str(value)
+
+
 def format_report(report: dict) -> str:
     """A plain-text table of a benchmark report."""
     lines = [
         f"{report['run']} at {report['input_size'][0]}x{report['input_size'][1]}, batch 1, {report['device']}"
     ]
     described = report["video_model"]
-    lines.append(f"method: {described['method']} ({described['inference']})")
+    own = {k: v for k, v in described.items() if k not in ("method", "inference", "helpers")}
+    lines.append(f"method: {described['method']} ({described['inference']})"
+                 + "".join(f", {k} {_short(v)}" for k, v in own.items()))  # fmt: skip
     for name, helper in described["helpers"].items():
-        settings = (helper or {}).get("settings") or {}
-        what = (
-            settings.get("provider", settings.get("model", settings))
-            if isinstance(settings, dict)
-            else settings
-        )
-        lines.append(f"{name}: {what}")
+        lines.append(f"{name}: {_short(helper['settings']) if helper else 'none'}")
     lines.append(
         f"  {'model/precision':<16}{'FPS':>8}{'mean ms':>10}{'p90 ms':>9}{'peak MB':>10}  stages (ms)"
     )

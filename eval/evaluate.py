@@ -96,7 +96,7 @@ def predict(model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | Non
         return model(images).float()
 
 
-Infer = Callable[[nn.Module, dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Infer = Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def _image_infer(device: torch.device, amp_dtype: torch.dtype | None) -> Infer:

@@ -37,7 +37,8 @@ from training import distributed as D
 from training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from training.optim import LRSchedule, build_optimizer
 
-StepFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+# step_fn(model, batch) -> (loss, named parts); the batch is what the loader collates (a dict or a VideoBatch)
+StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict]]
 ValidateFn = Callable[[nn.Module], tuple[ConfusionMatrix, list[np.ndarray]]]
 
 
@@ -75,7 +76,7 @@ def fit(
     """Train ``model`` (on ``device``, not yet wrapped) and return the final history entry.
 
     ``checkpoint_extra`` goes into every checkpoint (a video run stores its image model's config there, so the
-    checkpoint alone rebuilds the model)."""
+    checkpoint alone rebuilds the model). ``collate_fn`` builds the batches (video: a typed ``VideoBatch``)."""
     tcfg = cfg.training_cfg
     per_step = tcfg.batch_size * tcfg.grad_accum_steps
     full_steps = len(train_set) // (per_step * D.world_size())

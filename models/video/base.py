@@ -33,7 +33,16 @@ from data.frames import FramePair
 from data.video_batch import DataNeeds, VideoBatch
 from models.image.segmentor import Segmentor
 
-__all__ = ["DataNeeds", "StepOutput", "StepSide", "Timer", "VideoModel", "VideoOutput", "no_timer"]
+__all__ = [
+    "DataNeeds",
+    "StepOutput",
+    "batch_side",
+    "StepSide",
+    "Timer",
+    "VideoModel",
+    "VideoOutput",
+    "no_timer",
+]
 
 Timer = Callable[[str], AbstractContextManager]
 
@@ -59,6 +68,14 @@ class StepSide:
     homography: Tensor | None = None
     flow: Tensor | None = None
     timer: Timer = no_timer
+
+
+def batch_side(batch: VideoBatch, i: int) -> StepSide:
+    """The side data of frame ``i`` of a clip batch: the homography and flow linking it to frame ``i - 1``."""
+    return StepSide(
+        homography=None if batch.homographies is None or i == 0 else batch.homographies[:, i - 1],
+        flow=None if batch.flows is None or i == 0 else batch.flows[:, i - 1],
+    )
 
 
 @dataclass
@@ -167,11 +184,7 @@ class VideoModel(nn.Module):
         state, logits, image = self.init_state(), [], []
         size = batch.frames.shape[-2:]
         for i in range(batch.num_frames):
-            side = StepSide(
-                homography=None if batch.homographies is None or i == 0 else batch.homographies[:, i - 1],
-                flow=None if batch.flows is None or i == 0 else batch.flows[:, i - 1],
-            )
-            out, state = self.step(batch.frames[:, i], state, side)
+            out, state = self.step(batch.frames[:, i], state, batch_side(batch, i))
             logits.append(out.logits)
             if out.image_logits is not None:
                 image.append(self.image_model.resize_logits(out.image_logits, size))

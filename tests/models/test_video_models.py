@@ -21,7 +21,7 @@ from eval.vis import video as eval_video
 from models.build import build_video_model
 from models.image.segmentor import build_segmentor
 from models.registry import VIDEO_MODELS
-from models.video.base import StepSide, VideoModel
+from models.video.base import VideoModel, batch_side
 from training import train_video
 
 K = 5
@@ -84,11 +84,7 @@ def test_streaming_equals_the_clip_forward(method: str) -> None:
         clip = model(batch).logits
         state, streamed = model.init_state(), []
         for i in range(batch.num_frames):
-            side = StepSide(
-                homography=None if batch.homographies is None or i == 0 else batch.homographies[:, i - 1],
-                flow=None if batch.flows is None or i == 0 else batch.flows[:, i - 1],
-            )
-            out, state = model.step(batch.frames[:, i], state, side)
+            out, state = model.step(batch.frames[:, i], state, batch_side(batch, i))
             streamed.append(out.logits)
     assert torch.allclose(torch.stack(streamed, 1), clip, atol=1e-5)
 
