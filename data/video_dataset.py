@@ -341,7 +341,9 @@ def video_samples(
 ) -> FramePairs:
     """The :class:`FramePairs` that serve exactly what ``needs`` (a video model's and its step's) asks for."""
     if needs.teacher_logits:
-        raise ValueError("teacher logits are not served by FramePairs yet (knowledge distillation comes next)")
+        raise ValueError(
+            "teacher logits are not served by FramePairs yet (knowledge distillation comes next)"
+        )
     return FramePairs(
         clips, info, size_hw, offsets=needs.offsets, train=train, augment=augment, square_crop=square_crop,
         skip=skip, seed=seed, edge_policy=edge_policy, registration=needs.registration,
