@@ -1,7 +1,9 @@
 """Run folders and checkpoint files: finding a run, reading a checkpoint safely, rebuilding its model.
 
-A checkpoint describes itself: it holds the resolved config, so :func:`load_image_model` needs nothing but the
-run. Used by training (resume, ``pretrained_checkpoint``) and by the evaluation CLIs; it lives in ``models`` so
+A checkpoint describes itself: it holds the resolved config, so :func:`load_image_model`,
+:func:`load_video_model` and :func:`load_streaming_model` (any run as a streaming video model: an image run through
+the per-frame adapter) need nothing but the run; a video method's builder rebuilds its frozen helpers. Used by
+training (resume, ``pretrained_checkpoint``) and by the evaluation CLIs; it lives in ``models`` so
 that ``eval`` never imports ``training``.
 
 Checkpoint keys (``last.pth``): ``model`` (state dict of the trainable model), ``config`` (resolved, plain dict),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 
 from config.errors import ConfigError
@@ -72,6 +73,10 @@ def start_run(config: str, overrides: list[str], kind: str) -> RunSetup:
         print(f"== run folder: {run}")
         print(dump(cfg), end="")
     seed_everything(cfg.training_cfg.seed + D.rank())
+    # The loop forks data-loader workers every epoch and for every validation. OpenCV's thread pool does not survive
+    # a fork: once the main process has run a parallel OpenCV call (DIS flow or ORB registration inside a model),
+    # a forked worker hangs in its first one. Training keeps OpenCV single-threaded (torch has the cores anyway).
+    cv2.setNumThreads(1)
     if cfg.training_cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     return RunSetup(cfg=cfg, run=run, device=device, resume=resume)

@@ -121,3 +121,22 @@ def test_cli_error_is_one_line(tiny_video_overrides: list[str]) -> None:
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "missing_run" in proc.stderr
+
+
+def test_a_model_running_opencv_trains_with_forked_loader_workers(
+    tiny_video_overrides: list[str], tmp_path: Path
+) -> None:
+    """DFF's DIS flow runs OpenCV in the main process; the workers forked for the next epoch and for validation must
+    not inherit its thread pool (they used to hang in their first OpenCV call)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    overrides = [o for o in tiny_video_overrides if not o.startswith("training_cfg.num_workers")]
+    cmd = [sys.executable, "-m", "training.train_video", "dff_synthetic", *overrides, "training_cfg.num_workers=1",
+           "training_cfg.max_steps_per_epoch=1", "training_cfg.max_val_samples=2", "training_cfg.vis_samples=0"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = list((tmp_path / "checkpoints").iterdir())
+    last = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    assert last["finished"] and last["epoch"] == 2
