@@ -243,7 +243,9 @@ def format_report(report: dict) -> str:
         f"{report['run']} at {report['input_size'][0]}x{report['input_size'][1]}, batch 1, {report['device']}"
     ]
     described = report["video_model"]
-    own = {k: v for k, v in described.items() if k not in ("method", "inference", "helpers")}
+    own = {
+        k: v for k, v in described.items() if k not in ("method", "inference", "helpers") and v is not None
+    }
     lines.append(f"method: {described['method']} ({described['inference']})"
                  + "".join(f", {k} {_short(v)}" for k, v in own.items()))  # fmt: skip
     for name, helper in described["helpers"].items():

@@ -108,7 +108,10 @@ def load_image_model(run: Path, best: bool = False) -> tuple[torch.nn.Module, An
 
     Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries).
     """
-    ckpt, path = _read_kind(run, best, "image")
+    return _image_from(*_read_kind(run, best, "image"))
+
+
+def _image_from(ckpt: dict, path: Path) -> tuple[torch.nn.Module, Any, dict]:
     cfg = from_dict(ckpt["config"], "image")
     info = get_dataset_info(cfg.data_cfg.dataset)
     model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)
@@ -138,6 +141,13 @@ def load_video_model(
     video config, checkpoint dict without the big entries; its ``image_config`` is the typed image config).
     """
     ckpt, path = _read_kind(run, best, "video")
+    return _video_from(ckpt, path, device=device, use_caches=use_caches, overrides=overrides)
+
+
+def _video_from(
+    ckpt: dict, path: Path, *, device: torch.device | str = "cpu", use_caches: bool = True,
+    overrides: list[str] | None = None,
+) -> tuple[VideoModel, Any, dict]:  # fmt: skip
     stored = ckpt["config"]
     if overrides:
         stored = merge_layers(stored, check_layer(parse_overrides(overrides), KINDS["video"]))
@@ -152,6 +162,19 @@ def load_video_model(
     return model.eval(), cfg, meta
 
 
+def _per_frame_from(
+    ckpt: dict, path: Path, *, overrides: list[str] | None = None, **_helper_options: Any
+) -> tuple[VideoModel, Any, dict]:
+    if overrides:
+        raise CheckpointError(f"{path} is an image run: config overrides apply to video runs only")
+    image_model, cfg, meta = _image_from(ckpt, path)
+    return PerFrame(image_model).eval(), cfg, meta
+
+
+# checkpoint kind -> how it becomes a streaming video model
+_STREAMING = {"image": _per_frame_from, "video": _video_from}
+
+
 def load_streaming_model(
     run: Path, best: bool = False, *, device: torch.device | str = "cpu", use_caches: bool = True,
     overrides: list[str] | None = None,
@@ -160,10 +183,9 @@ def load_streaming_model(
 
     Returns (model in eval mode on the CPU, the run's typed config, checkpoint metadata with ``kind``).
     """
-    kind = read_checkpoint(checkpoint_path(run, best)).get("kind")
-    if kind == "video":
-        return load_video_model(run, best, device=device, use_caches=use_caches, overrides=overrides)
-    if overrides:
-        raise CheckpointError(f"{run} is an image run: config overrides apply to video runs only")
-    image_model, cfg, meta = load_image_model(run, best)
-    return PerFrame(image_model).eval(), cfg, meta
+    path = checkpoint_path(run, best)
+    ckpt = read_checkpoint(path)
+    loader = _STREAMING.get(str(ckpt.get("kind")))
+    if loader is None:
+        raise CheckpointError(f"{path} is a '{ckpt.get('kind')}' checkpoint: not an image or a video run")
+    return loader(ckpt, path, device=device, use_caches=use_caches, overrides=overrides)
