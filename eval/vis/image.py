@@ -62,15 +62,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         print("nothing to do: --no-evaluation and --no-write-res without --save-logits")
         return None
     ev = open_run(args, load_image_model)
-    run, model, meta, info, size, clips, device = (
-        ev.run,
-        ev.model,
-        ev.meta,
-        ev.info,
-        ev.size,
-        ev.clips,
-        ev.device,
-    )
+    run, model, meta, info, size, clips, device = ev.run, ev.model, ev.meta, ev.info, ev.size, ev.clips, ev.device  # fmt: skip
     stream = FrameStream(clips, info, size, args.skip_frames, native_labels=args.resolution == "label")
     loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.num_workers,
                         worker_init_fn=worker_init, collate_fn=collate_stream)  # fmt: skip

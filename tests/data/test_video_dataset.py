@@ -369,3 +369,34 @@ def test_resize_matrix_is_pixel_centre_aligned() -> None:
     sx, sy = inv[0, 0] * ox + inv[0, 2], inv[1, 1] * oy + inv[1, 2]
     inner = (sx >= 0) & (sx <= src[1] - 1) & (sy >= 0) & (sy <= src[0] - 1)
     assert np.abs(out[..., 0] - sx)[inner].max() < 0.1 and np.abs(out[..., 1] - sy)[inner].max() < 0.1
+
+
+def test_random_key_offset_draws_the_earlier_frame_within_the_clip(val_clips: list[Clip]) -> None:
+    """DFF's random key offset: in training the earlier frame is 1..max frames back (never before the clip start),
+    the draw depends on (seed, epoch, index), validation keeps the fixed offset, and the batch collates."""
+    from data.video_batch import DataNeeds, collate_video
+    from data.video_dataset import video_samples
+
+    ds = FramePairs(val_clips, INFO, HW, train=True, max_key_offset=3, gt_homographies=True)
+    distances = set()
+    for epoch in range(4):
+        ds.epoch = epoch
+        for i in range(len(ds)):
+            first, cur = (int(v) for v in ds[i]["indices"])
+            assert 1 <= cur - first <= min(3, cur) and first >= 0
+            distances.add(cur - first)
+    assert distances == {1, 2, 3}
+    ds.epoch = 1
+    assert torch.equal(ds[5]["indices"], ds[5]["indices"])  # deterministic per (seed, epoch, index)
+    val = FramePairs(val_clips, INFO, HW, train=False, max_key_offset=3)
+    assert all(int(val[i]["indices"][1] - val[i]["indices"][0]) == 1 for i in range(len(val)))
+    with pytest.raises(ValueError, match="random key offset"):
+        FramePairs(val_clips, INFO, HW, train=True, max_key_offset=2, gt_flow=True)
+    batch = collate_video([ds[0], ds[1]])
+    assert (
+        batch.frames.shape == (2, 2, 3, *HW)
+        and batch.current == 1
+        and batch.homographies.shape == (2, 1, 3, 3)
+    )
+    served = video_samples(val_clips, INFO, HW, DataNeeds(max_key_offset=3, true_flows=False), train=True)
+    assert served.max_key_offset == 3 and not served.gt_flow
