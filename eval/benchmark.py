@@ -212,10 +212,11 @@ def main(argv: list[str] | None = None) -> dict:
             results[f"ratio/{prec}"] = round(
                 results[f"video/{prec}"]["fps"] / results[f"image/{prec}"]["fps"], 3
             )
+    on_cuda = device.type == "cuda"
     report = {
         "run": str(run), "checkpoint": meta["path"], "kind": kind, "input_size": [h, w], "batch_size": 1,
         "device": device_name(device), "threads": torch.get_num_threads(),
-        "tf32": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
+        "tf32": torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_compile": None,
         "video_model": model.describe(), "frames_source": f"{cfg.data_cfg.dataset} {args.split} clips resized to {h}x{w}",
         "warmup": args.warmup, "timed_frames": args.frames, "runs": args.runs, "results": results,
