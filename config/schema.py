@@ -308,7 +308,7 @@ class VideoModelCfg:
     )
     sim_op: Literal["conv", "convbase", "cossim", "constant", "reuse", "avg"] = opt(
         "conv",
-        "similarity s: conv net, cosine, s=0 (constant), s=1 (reuse), one learnt scalar (avg)",
+        "similarity s: conv net, cosine, s=0 (constant), s=1 (reuse), sigmoid of one learnt scalar (avg)",
         registry="similarity op",
     )
     upsample_before_mixing: bool = opt(

@@ -48,14 +48,18 @@ class VideoConsistency:
         self._last_t: int | None = None
         self._pending: tuple[int, float] | None = None  # (end frame, a_i) of a window not yet known to count
         self._sum, self._valid, self._used, self._dropped, self._clips = 0.0, 0, 0, 0, 0
+        # for a truthful "why no value": the longest clip seen, and the longest run of consecutive labelled frames
+        self._longest_clip, self._run, self._longest_run = 0, 0, 0
 
     def start_clip(self, name: str, n_frames: int | None = None) -> None:
         """Begin clip ``name`` (of ``n_frames`` frames, if known); the previous clip's last window is dropped."""
         if self._pending is not None:  # never confirmed: it ended on the previous clip's last frame (vspw)
             self._dropped += 1
         self._buf.clear()
+        self._run = 0
         self._clip, self._n_frames, self._last_t, self._pending = name, n_frames, None, None
         self._clips += 1
+        self._longest_clip = max(self._longest_clip, n_frames or 0)
 
     def add(self, t: int, pred: Tensor, label: Tensor | None = None) -> None:
         """Frame ``t`` of the current clip: ``pred`` [H,W] ids, ``label`` [H,W] ids or 255, or None."""
@@ -68,9 +72,13 @@ class VideoConsistency:
             self._pending = None
         if label is None or (self._last_t is not None and t != self._last_t + 1):
             self._buf.clear()  # a window needs n consecutive labelled frames
+            self._run = 0
         self._last_t = t
+        self._longest_clip = max(self._longest_clip, t + 1)
         if label is None:
             return
+        self._run += 1
+        self._longest_run = max(self._longest_run, self._run)
         if label.shape != pred.shape:
             raise ValueError(f"VC_n: label {tuple(label.shape)} and prediction {tuple(pred.shape)} differ")
         self._buf.append((pred, label))
@@ -116,8 +124,13 @@ class VideoConsistency:
                     f"only the last window of a clip has {n} consecutive labelled frames and windows=vspw does "
                     f"not use it (a clip needs more than {n} frames)"
                 )
+            elif self._longest_clip < n:
+                reason = f"every clip is shorter than {n} frames (the longest has {self._longest_clip})"
             else:
-                reason = f"no clip has {n} consecutive labelled frames (sparse labels)"
+                reason = (
+                    f"no clip has {n} consecutive labelled frames (sparse labels: the longest run of labelled "
+                    f"frames is {self._longest_run})"
+                )
         elif self._valid == 0:
             reason = f"every window has an empty GC (no pixel keeps its ground-truth label over {n} frames)"
         return {

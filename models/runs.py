@@ -49,7 +49,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
+        # torch's own message advises weights_only=False, which would run arbitrary code from the file: not here
+        other = "last.pth" if path.name == "best.pth" else "best.pth"
+        raise CheckpointError(
+            f"{path}: the file is damaged or not a checkpoint ({type(err).__name__}); use the run's {other} if it "
+            "has one, or train the run again"
+        ) from None
 
 
 def checkpoint_path(run: Path, best: bool = False) -> Path:
@@ -65,18 +70,36 @@ def checkpoint_path(run: Path, best: bool = False) -> Path:
     raise CheckpointError(f"{path} not found: {what}; {flag}")
 
 
-def weights_for_init(name_or_path: str, save_dir: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """State dict for ``pretrained_checkpoint``: a run (``best.pth``, else ``last.pth``) or a state-dict file."""
+def weights_for_init(name_or_path: str, save_dir: str | Path) -> tuple[dict[str, torch.Tensor], str, str]:
+    """State dict for ``pretrained_checkpoint``: a run (``best.pth``, else ``last.pth``) or a state-dict file.
+
+    Returns (state dict, source path, what it holds: the architecture its stored config names, or "a state dict").
+    """
     as_file = Path(name_or_path)
     if as_file.is_file():
         ckpt = read_checkpoint(as_file)
         state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):
             raise CheckpointError(f"{as_file}: not a state dict or a tcseg checkpoint")
-        return state, str(as_file)
+        return state, str(as_file), architecture_of(ckpt.get("config"), ckpt.get("kind"))
     run = locate_run(name_or_path, save_dir)
     path = run / "best.pth" if (run / "best.pth").is_file() else checkpoint_path(run)
-    return read_checkpoint(path)["model"], str(path)
+    ckpt = read_checkpoint(path)
+    return ckpt["model"], str(path), architecture_of(ckpt.get("config"), ckpt.get("kind"))
+
+
+def architecture_of(config: Any, kind: Any) -> str:
+    """A short name of the model a stored config builds (``image upernet on resnet18``, ``video dff2``)."""
+    if not isinstance(config, dict):
+        return "a state dict"
+    if kind == "image" or "model_cfg" in config:
+        m = config.get("model_cfg", {})
+        arch = m.get("model_architecture", "?")
+        backbone = (
+            f"sam2_hiera_{m.get('checkpoint_model')}" if arch == "hierasam_upernet" else m.get("backbone")
+        )
+        return f"image model {arch} on {backbone or 'its default backbone'}"
+    return f"video model {config.get('video_model_cfg', {}).get('model_name', '?')}"
 
 
 def _load_strict(model: torch.nn.Module, state: dict, path: Path) -> None:

@@ -54,9 +54,17 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: Any, kind: str, **extra: 
     atomic_save({"model": model.state_dict(), "config": to_dict(cfg), "kind": kind, **extra}, path)
 
 
-def load_pretrained_checkpoint(model: nn.Module, name: str, save_dir: str) -> None:
-    """``pretrained_checkpoint``: load weights only; classifier keys are dropped only if the class count differs."""
-    state, source = weights_for_init(name, save_dir)
+# pretrained_checkpoint must fill at least this share of the model's tensors, or it is the wrong checkpoint
+MIN_LOADED_SHARE = 0.5
+
+
+def load_pretrained_checkpoint(model: nn.Module, name: str, save_dir: str, what: str = "this model") -> None:
+    """``pretrained_checkpoint``: load weights only; classifier keys are dropped only if the class count differs.
+
+    Refuses (one line naming both architectures) when the file fills less than ``MIN_LOADED_SHARE`` of the
+    model's tensors: a checkpoint of another architecture would otherwise load almost nothing, silently.
+    """
+    state, source, held = weights_for_init(name, save_dir)
     own = model.state_dict()
     shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if any("classifier" not in k for k in shape_mismatch):
@@ -64,8 +72,14 @@ def load_pretrained_checkpoint(model: nn.Module, name: str, save_dir: str) -> No
             f"{source}: weights do not fit this model (shapes differ for {shape_mismatch[:4]})"
         )
     state = {k: v for k, v in state.items() if k not in shape_mismatch}
+    loaded = sum(1 for k in state if k in own)
+    if loaded < MIN_LOADED_SHARE * len(own):
+        raise CheckpointError(
+            f"pretrained_checkpoint: {source} ({held}) fills {loaded} of the {len(own)} tensors of {what}; it is a "
+            "checkpoint of another architecture: point pretrained_checkpoint at a run of the same model"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
-    print(f"== initialised from {source}: {len(state)} tensors; "
+    print(f"== initialised from {source}: {loaded} of {len(own)} tensors; "
           f"missing {len(missing)} {list(missing)[:4]}, unexpected {len(unexpected)} {list(unexpected)[:4]}"
           + ("; classifier re-initialised (class count differs)" if shape_mismatch else ""))  # fmt: skip
 

@@ -10,12 +10,14 @@ import argparse
 from pathlib import Path
 
 from config.errors import ConfigError, run_cli
+from config.loader import to_dict
 from data.augment import ImageTrainAugment
 from data.catalog import get_dataset_info
 from data.frames import open_split
 from data.image_dataset import LabelledFrames
 from eval.evaluate import amp_dtype, validate
 from models.build import build_image_model
+from models.runs import architecture_of
 from training import distributed as D
 from training.checkpoint import load_pretrained_checkpoint, save_checkpoint
 from training.loop import fit
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> Path:
     model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=setup.resume is None)
     model.check_input_size(*size)
     if cfg.pretrained_checkpoint and setup.resume is None:
-        load_pretrained_checkpoint(model, cfg.pretrained_checkpoint, cfg.save_dir)
+        load_pretrained_checkpoint(model, cfg.pretrained_checkpoint, cfg.save_dir,
+                                   architecture_of(to_dict(cfg), "image"))  # fmt: skip
     model.to(device)
     if cfg.no_training:
         if D.is_main():

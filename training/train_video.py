@@ -24,7 +24,7 @@ from data.video_batch import VideoBatch, collate_video
 from data.video_dataset import video_samples
 from eval.evaluate import amp_dtype, autocast, validate
 from models.build import build_video_model
-from models.runs import image_run_of, load_image_model
+from models.runs import architecture_of, image_run_of, load_image_model
 from training import distributed as D
 from training.checkpoint import load_pretrained_checkpoint
 from training.loop import fit
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> Path:
     image_model.check_input_size(*size)
     model = build_video_model(cfg, image_model, device=device).train()
     if cfg.pretrained_checkpoint and setup.resume is None:
-        load_pretrained_checkpoint(model, cfg.pretrained_checkpoint, cfg.save_dir)
+        load_pretrained_checkpoint(model, cfg.pretrained_checkpoint, cfg.save_dir,
+                                   architecture_of(to_dict(cfg), "video"))  # fmt: skip
     model.to(device)
     with D.main_first():
         root, info, train_clips = open_split(dcfg, "train", dcfg.min_vid_len)

@@ -44,6 +44,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best-model", action="store_true", help="load best.pth instead of last.pth")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="model precision: fp32 (default) or bf16 autocast; recorded in metrics.json")  # fmt: skip
     p.add_argument("--tc-protocol", default="reference,strict",
                    help="comma-separated TC presets: reference (= tc_reference), strict, vspw, etc; 'none' skips TC")  # fmt: skip
     p.add_argument("--tc-flow", default="auto",
@@ -71,7 +73,7 @@ class EvalSetup:
     size: tuple[int, int]
     clips: list[Clip]
     out: Path  # <run>/results/<split>/
-    amp: torch.dtype | None  # the run's training_cfg.amp on this device
+    amp: torch.dtype | None  # autocast dtype of --precision (None = fp32)
 
 
 def open_run(args: argparse.Namespace, load: Callable[..., tuple[Any, Any, dict]]) -> EvalSetup:
@@ -83,7 +85,7 @@ def open_run(args: argparse.Namespace, load: Callable[..., tuple[Any, Any, dict]
     _, info, clips = open_split(cfg.data_cfg, args.split)
     return EvalSetup(run=run, device=device, model=model, cfg=cfg, meta=meta, info=info,
                      size=tuple(cfg.data_cfg.crop_size), clips=clips, out=run / "results" / args.split,
-                     amp=amp_dtype(cfg.training_cfg.amp, device))  # fmt: skip
+                     amp=amp_dtype("bf16" if args.precision == "bf16" else "none", device))  # fmt: skip
 
 
 def build_tc(args: argparse.Namespace, info: DatasetInfo, device: torch.device) -> TemporalConsistency | None:

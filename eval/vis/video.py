@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "split": args.split, "run": str(ev.run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
         "dataset": info.name, "image_run": meta.get("image_run"),
         **scorer.metrics(size, model.inference, sw, args.resolution),
-        "video_model": model.describe(), "device": device_name(device), "software": sw,
+        "video_model": model.describe(), "precision": args.precision, "device": device_name(device), "software": sw,
     }  # fmt: skip
     write_metrics(ev.out, metrics, scorer.cm.per_class_rows(info.class_names))
     scorer.write_tc_files(ev.out)

@@ -91,14 +91,19 @@ class OneSimilarity(_ConstantSimilarity):
 
 @SIMILARITY.register("avg")
 class ScalarSimilarity(nn.Module):
-    """``s`` = one learnt scalar, initialised to 0.5 (clamped to [0, 1])."""
+    """``s = sigmoid(w)`` for one learnt scalar ``w`` (initialised to 0: ``s = 0.5``), the same for every pixel.
+
+    The reference clamps ``w`` itself to [0, 1]: once an update pushes it outside, its gradient is zero and it never
+    comes back. The sigmoid keeps ``s`` in (0, 1) with a gradient everywhere. (A checkpoint trained with the clamp
+    loads, but its ``weight`` then means ``sigmoid(weight)``.)
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.tensor(0.5))
+        self.weight = nn.Parameter(torch.tensor(0.0))
 
     def forward(self, f: Tensor, g: Tensor) -> Tensor:
-        return self.weight.clamp(0.0, 1.0).expand_as(g[:, :1]).to(g.dtype)
+        return torch.sigmoid(self.weight).expand_as(g[:, :1]).to(g.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- mixing ops

@@ -75,7 +75,9 @@ def test_sparse_labels_give_null_with_reason() -> None:
         )
     r = vc.result()
     assert r["value"] is None and r["windows"] == 0
-    assert r["reason"] == "no clip has 8 consecutive labelled frames (sparse labels)"
+    assert r["reason"] == (
+        "no clip has 8 consecutive labelled frames (sparse labels: the longest run of labelled frames is 1)"
+    )
     # a gap in the frame indices breaks a run even when every given frame is labelled
     vc2 = VideoConsistency(2, "all")
     vc2.start_clip("gap")
@@ -99,3 +101,13 @@ def test_short_clip_under_vspw_and_bounded_memory() -> None:
     assert not math.isnan(r["value"])
     with pytest.raises(ConfigError):
         VideoConsistency(8, "some")
+
+
+def test_dense_labels_on_short_clips_are_not_called_sparse() -> None:
+    vc = VideoConsistency(8, "vspw")
+    for clip in ("a", "b"):
+        vc.start_clip(clip, 5)
+        for i in range(5):
+            vc.add(i, t(0), t(0))  # every frame labelled: dense, but 5 < 8
+    r = vc.result()
+    assert r["value"] is None and r["reason"] == "every clip is shorter than 8 frames (the longest has 5)"

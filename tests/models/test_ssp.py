@@ -139,3 +139,19 @@ def test_registration_provider_is_not_part_of_the_state() -> None:
         given = model(_batch(frames, _translation(1, 1.0, 0.0)[:, None])).logits
         identity = model(_batch(frames, torch.eye(3)[None, None])).logits
     assert torch.equal(asked, given) and not torch.equal(asked, identity)
+
+
+def test_the_scalar_similarity_cannot_get_stuck() -> None:
+    """``avg``: s = sigmoid(w) starts at 0.5 and keeps a gradient however far w moves (the reference's clamp had
+    none outside [0, 1])."""
+    sim = SIMILARITY.build("avg", channels=4)
+    f = torch.randn(1, 4, 8, 8)
+    assert torch.allclose(sim(f, f), torch.full((1, 1, 8, 8), 0.5))
+    for w in (-3.0, 1.5, 4.0):
+        with torch.no_grad():
+            sim.weight.fill_(w)
+        sim.weight.grad = None
+        s = sim(f, f)
+        assert 0.0 < float(s.detach().min()) and float(s.detach().max()) < 1.0
+        s.sum().backward()
+        assert float(sim.weight.grad.abs()) > 0.0

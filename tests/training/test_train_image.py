@@ -154,3 +154,30 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         proc.stderr.strip().startswith("data error: dataset folder")
         and len(proc.stderr.strip().splitlines()) == 1
     )
+
+
+def test_a_damaged_checkpoint_is_one_line_that_says_so(tmp_path: Path) -> None:
+    from config.errors import CheckpointError
+    from models.runs import read_checkpoint
+
+    bad = tmp_path / "last.pth"
+    bad.write_bytes(b"PK\x03\x04 this is not a whole checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(bad)
+    text = str(err.value)
+    assert "damaged" in text and "best.pth" in text and "weights_only" not in text and "\n" not in text
+
+
+def test_pretrained_checkpoint_of_another_architecture_is_refused(
+    tiny_overrides: list[str], tiny_image_run: Path
+) -> None:
+    """An UperNet run into FCN-8s used to load zero tensors and train on: now one line naming both."""
+    from config.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as err:
+        train_image.main(["base_synthetic", *tiny_overrides, f"pretrained_checkpoint={tiny_image_run}",
+                          "model_cfg.model_architecture=fcn8s", "model_cfg.backbone=vgg16",
+                          "model_cfg.head_width=64"])  # fmt: skip
+    text = str(err.value)
+    assert "image model upernet on tiny_cnn" in text and "image model fcn8s on vgg16" in text
+    assert "another architecture" in text and "\n" not in text

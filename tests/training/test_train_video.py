@@ -74,10 +74,15 @@ def test_an_image_run_streams_through_eval_vis_video_with_the_image_scores(
     video = eval_video.main([str(run), "--num-workers", "0", "--no-write-res"])
     assert image is not None and video is not None
     assert video["video_model"] == {"method": "per_frame", "inference": "per frame (image)", "helpers": {}}
+    assert image["precision"] == video["precision"] == "fp32"  # evaluation defaults to fp32, and says so
     assert video["miou"]["value"] == pytest.approx(image["miou"]["value"], abs=1e-6)
     for name in ("tc_reference", "strict"):
         assert video["tc"][name]["value"] == pytest.approx(image["tc"][name]["value"], abs=1e-6)
         assert video["tc"][name]["tc_protocol"]["model_inference"].startswith("per frame")
+    bf16 = eval_video.main(
+        [str(run), "--num-workers", "0", "--no-write-res", "--precision", "bf16", "--vc", "none"]
+    )
+    assert bf16 is not None and bf16["precision"] == "bf16" and 0.0 <= bf16["miou"]["value"] <= 1.0
 
 
 def test_missing_image_run_and_wrong_kind_are_clear_errors(
