@@ -66,14 +66,18 @@ def homography_warp(
     hs = scale_homography(h.to(torch.float64), scale, scaling)
     if torch.equal(hs, torch.eye(3, dtype=hs.dtype, device=hs.device).expand_as(hs)):
         return x  # identity registration: exact, and free (the "no registration" ablation)
-    # the inverse in float64, the per-pixel map in float32 (1e-4 px at 1280 px is far below what matters)
-    inv = torch.linalg.inv(hs).to(torch.float32)  # [B,3,3]
-    pix = _pixel_grid(hh, ww, x.device, torch.float32).reshape(1, -1, 2)
-    src = pix @ inv[:, :2, :2].transpose(1, 2) + inv[:, None, :2, 2]  # [B,N,2] numerators
-    den = (pix @ inv[:, 2:, :2].transpose(1, 2) + inv[:, None, 2:, 2]).clamp_min(1e-12)
-    src = src / den  # points behind the camera land far outside
-    grid = _normalise(src.reshape(b, hh, ww, 2), hh, ww, "exact")
-    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="zeros", align_corners=False)
+    # Geometry is never done in reduced precision, even under bf16 autocast: bf16 keeps 8 bits of mantissa, i.e.
+    # pixel positions to about 8 px at 1280 px. The inverse in float64, the per-pixel map and the sampling in
+    # float32 (1e-4 px at 1280 px is far below what matters); only the result goes back to x's dtype.
+    with torch.autocast(x.device.type, enabled=False):
+        inv = torch.linalg.inv(hs).to(torch.float32)  # [B,3,3]
+        pix = _pixel_grid(hh, ww, x.device, torch.float32).reshape(1, -1, 2)
+        src = pix @ inv[:, :2, :2].transpose(1, 2) + inv[:, None, :2, 2]  # [B,N,2] numerators
+        den = (pix @ inv[:, 2:, :2].transpose(1, 2) + inv[:, None, 2:, 2]).clamp_min(1e-12)
+        src = src / den  # points behind the camera land far outside
+        grid = _normalise(src.reshape(b, hh, ww, 2), hh, ww, "exact")
+        out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out.to(x.dtype)
 
 
 def _normalise(pos: Tensor, h: int, w: int, grid: Grid) -> Tensor:
@@ -95,13 +99,14 @@ def flow_warp(
     whether the sample fell inside the frame under the same grid convention and sampling mode.
     """
     b, _, h, w = x.shape
-    pos = _pixel_grid(h, w, flow.device, flow.dtype).unsqueeze(0) + flow.permute(0, 2, 3, 1)
-    g = _normalise(pos, h, w, grid).to(x.dtype if x.is_floating_point() else torch.float32)
-    src = x if x.is_floating_point() else x.float()
-    warped = F.grid_sample(src, g, mode=mode, padding_mode="zeros", align_corners=False)
-    ones = torch.ones((b, 1, h, w), dtype=g.dtype, device=x.device)
-    inside = F.grid_sample(ones, g, mode=mode, padding_mode="zeros", align_corners=False)[:, 0] > 0.5
-    return (warped if x.is_floating_point() else warped.round().to(x.dtype)), inside
+    # In float32 whatever the autocast: bf16 sampling positions would be off by pixels (see homography_warp).
+    with torch.autocast(x.device.type, enabled=False):
+        pos = _pixel_grid(h, w, flow.device, torch.float32).unsqueeze(0) + flow.float().permute(0, 2, 3, 1)
+        g = _normalise(pos, h, w, grid)
+        warped = F.grid_sample(x.float(), g, mode=mode, padding_mode="zeros", align_corners=False)
+        ones = torch.ones((b, 1, h, w), dtype=g.dtype, device=x.device)
+        inside = F.grid_sample(ones, g, mode=mode, padding_mode="zeros", align_corners=False)[:, 0] > 0.5
+    return (warped.to(x.dtype) if x.is_floating_point() else warped.round().to(x.dtype)), inside
 
 
 def fwd_bwd_occlusion(fwd: Tensor, bwd: Tensor, *, simplified: bool = False) -> Tensor:

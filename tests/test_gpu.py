@@ -6,6 +6,7 @@ evaluation on CUDA, and the CUDA-event benchmark path.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,9 @@ def test_image_and_ssp_train_evaluate_and_time_on_cuda(
         "video_model_cfg.k_registrator_model=gt", "video_model_cfg.flow.backend=gt",
     ])  # fmt: skip
     last = torch.load(video / "last.pth", map_location="cpu", weights_only=True)
-    assert last["finished"] and "CUDA" in (video / "metrics.json").read_text()
+    written = json.loads((video / "metrics.json").read_text())
+    assert last["finished"] and "CUDA" in written["device"] and written["amp"] == "bfloat16"
+    assert written["training_step"]["tc_flow"]["precision"] == "float32"  # frozen helpers stay in fp32
     metrics = eval_video.main([str(video), "--device", "cuda", "--num-workers", "0", "--no-write-res"])
     assert metrics is not None and 0.0 <= metrics["tc"]["strict"]["value"] <= 1.0
     report = benchmark.main([str(video), "--device", "cuda", "--frames", "20", "--warmup", "5",

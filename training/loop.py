@@ -72,11 +72,14 @@ def fit(
     resume: dict | None = None,
     checkpoint_extra: dict | None = None,
     collate_fn: Callable[[list], Any] | None = None,
+    run_info: dict | None = None,
 ) -> dict:
     """Train ``model`` (on ``device``, not yet wrapped) and return the final history entry.
 
     ``checkpoint_extra`` goes into every checkpoint (a video run stores its image model's config there, so the
-    checkpoint alone rebuilds the model). ``collate_fn`` builds the batches (video: a typed ``VideoBatch``)."""
+    checkpoint alone rebuilds the model). ``collate_fn`` builds the batches (video: a typed ``VideoBatch``).
+    ``run_info`` goes into ``metrics.json`` (a video run: its method and training step, with their helpers' settings
+    and the precision they ran in)."""
     tcfg = cfg.training_cfg
     per_step = tcfg.batch_size * tcfg.grad_accum_steps
     full_steps = len(train_set) // (per_step * D.world_size())
@@ -195,7 +198,7 @@ def fit(
                 run / "last.pth", model, cfg, kind, **state, finished=last_epoch,
                 optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
             )  # fmt: skip
-            _write_metrics(run, history, device_name(device))
+            _write_metrics(run, history, device_name(device), run_info or {})
             _log_epoch(run, entry, info, improved)
             if writer is not None:
                 _tensorboard_epoch(writer, entry, panels, info)
@@ -229,9 +232,10 @@ def _tensorboard_epoch(writer: Any, entry: dict, panels: list[np.ndarray], info:
     writer.flush()
 
 
-def _write_metrics(run: Path, history: list[dict], device: str) -> None:
+def _write_metrics(run: Path, history: list[dict], device: str, run_info: dict) -> None:
     tmp = run / ".metrics.json.tmp"
-    tmp.write_text(json.dumps({"device": device, "world_size": D.world_size(), "epochs": history}, indent=1))
+    info = {"device": device, "world_size": D.world_size(), **run_info, "epochs": history}
+    tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(run / "metrics.json")
 
 

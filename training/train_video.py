@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> Path:
                                        max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples,
                                        collate_fn=collate_video),
         checkpoint_extra={"image_config": to_dict(image_cfg), "image_run": str(image_run)},
+        run_info={"video_model": model.describe(), "training_step": step.describe(),
+                  "amp": None if dtype is None else str(dtype).removeprefix("torch.")},
     )  # fmt: skip
     if D.is_main():
         miou = final.get("val", {}).get("miou")

@@ -62,6 +62,7 @@ class FlowProvider(ABC):
     # True when the provider reads stored results through ``pairs`` (``gt``): it then cannot follow augmented
     # frames, so a video model asks the data side for the stored flows instead (``DataNeeds.true_flows``).
     needs_pairs: bool = False
+    precision: str = "float32"  # what __call__ runs the provider in, whatever the caller's autocast
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -73,8 +74,10 @@ class FlowProvider(ABC):
 
     def __call__(self, img1: Tensor, img2: Tensor, pairs: Sequence[FramePair] | None = None) -> Tensor:
         check_frames(img1, img2, pairs, f"flow provider '{self.name}'")
-        with torch.inference_mode():
-            flow = self._compute(img1, img2, pairs)
+        # A frozen helper runs in float32 even inside a bf16-autocast training or evaluation step (its settings
+        # record that precision): its weights were trained in fp32, and its output is geometry in pixels.
+        with torch.inference_mode(), torch.autocast(img1.device.type, enabled=False):
+            flow = self._compute(img1.float(), img2.float(), pairs)
         # Inference tensors cannot be saved for backward; the temporal loss warps logits that need grad along
         # this flow, so hand back an ordinary tensor (one small copy).
         return flow.to(device=img1.device, dtype=torch.float32).clone()

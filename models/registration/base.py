@@ -64,6 +64,7 @@ class RegistrationProvider(ABC):
     name: str = ""
     runs_in_loader: bool = True
     needs_pairs: bool = False
+    precision: str = "float32"  # what estimate() runs the provider in, whatever the caller's autocast
 
     def __init__(self) -> None:
         self._stats = dict.fromkeys(_COUNTERS, 0)
@@ -103,8 +104,9 @@ class RegistrationProvider(ABC):
         only for frames that are the files' content (resized is fine, augmented or cropped is not).
         """
         check_frames(prev, cur, pairs, f"registration '{self.name}'")
-        with torch.no_grad():
-            hs = self._record(self._fit_batch(prev, cur, pairs))
+        # float32 even inside a bf16-autocast step: a frozen helper, and its output is geometry (see flow providers)
+        with torch.no_grad(), torch.autocast(prev.device.type, enabled=False):
+            hs = self._record(self._fit_batch(prev.float(), cur.float(), pairs))
         return torch.from_numpy(np.stack(hs)).to(device=prev.device, dtype=torch.float32)
 
     def estimate_np(self, prev: np.ndarray, cur: np.ndarray, pair: FramePair | None = None) -> np.ndarray:

@@ -150,6 +150,8 @@ class VideoModel(nn.Module):
                 out["helpers"][name] = None
                 continue
             entry = {"settings": helper.settings() if hasattr(helper, "settings") else repr(helper)}
+            if hasattr(helper, "precision"):
+                entry["precision"] = helper.precision
             if hasattr(helper, "stats"):
                 entry["stats"] = helper.stats()
             out["helpers"][name] = entry

@@ -155,3 +155,21 @@ def test_the_scalar_similarity_cannot_get_stuck() -> None:
         assert 0.0 < float(s.detach().min()) and float(s.detach().max()) < 1.0
         s.sum().backward()
         assert float(sim.weight.grad.abs()) > 0.0
+
+
+def test_warps_keep_float32_geometry_under_bf16_autocast() -> None:
+    """bf16 has 8 mantissa bits: pixel positions near x = 1000 would be off by 4 px. Warps compute and sample in
+    float32 whatever the autocast, and hand back the input's dtype."""
+    from models.warp import flow_warp
+
+    torch.manual_seed(0)
+    x = F.interpolate(torch.randn(1, 3, 4, 80), size=(16, 1280), mode="bilinear", align_corners=False)
+    h = _translation(1, 300.37, 0.0)
+    flow = torch.zeros(1, 2, 16, 1280)
+    flow[:, 0] = -300.37
+    exact_h, exact_f = homography_warp(x, h), flow_warp(x, flow, mode="bilinear")[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_h, got_f = homography_warp(x, h), flow_warp(x, flow, mode="bilinear")[0]
+        got_b = homography_warp(x.bfloat16(), h)
+    assert torch.allclose(got_h, exact_h, atol=1e-5) and torch.allclose(got_f, exact_f, atol=1e-5)
+    assert got_b.dtype == torch.bfloat16 and (got_b.float() - exact_h).abs().max() < 0.05

@@ -27,8 +27,13 @@ def test_ssp_trains_evaluates_and_resumes(tiny_video_overrides: list[str], tiny_
     assert any(k.startswith("sim.") for k in last["model"]) and not any(
         "registration" in k for k in last["model"]
     )
-    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    written = json.loads((run / "metrics.json").read_text())
+    epochs = written["epochs"]
     assert {"train_ce", "train_tc"} <= set(epochs[-1]) and epochs[-1]["train_tc"] > 0
+    # what ran, recorded with the run: the method, its helpers and the loss's flow, each with its precision
+    assert written["video_model"]["helpers"]["registration"]["precision"] == "float32"
+    assert written["training_step"]["tc_flow"]["model"] == "gt"
+    assert written["training_step"]["tc_flow"]["precision"] == "float32"
     assert epochs[-1]["val"]["protocol"] == "training_validation"
 
     metrics = eval_video.main([str(run), "--num-workers", "0"])

@@ -46,7 +46,7 @@ class SSPStep(VideoStep):
             self.needs = DataNeeds(true_flows=True)
 
     def describe(self) -> dict[str, Any]:
-        flow = None if self.flow is None else self.flow.settings()
+        flow = None if self.flow is None else {**self.flow.settings(), "precision": self.flow.precision}
         return {"step": "ssp", "tc_weight": self.weight, "tc_flow": flow}
 
     def __call__(self, model: nn.Module, batch: VideoBatch) -> tuple[torch.Tensor, dict]:
