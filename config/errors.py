@@ -42,12 +42,25 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def user_message(err: UserError) -> str:
+    """The one-line message of ``err``, also when a data-loader worker raised it.
+
+    PyTorch re-raises a worker's exception with the same type but the worker's whole traceback as its message
+    (``Caught DataError in DataLoader worker process 0. Original Traceback ...``); the user's line is its last.
+    """
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+        text = last.partition(f"{type(err).__name__}: ")[2] or last
+    return text
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Run a CLI ``main``; a :class:`UserError` becomes one line on stderr and exit code 2."""
     try:
         main(argv)
     except UserError as err:
-        print(f"{err.prefix}: {err}", file=sys.stderr)
+        print(f"{err.prefix}: {user_message(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

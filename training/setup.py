@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +14,7 @@ from typing import Any
 import cv2
 import torch
 
-from config.errors import ConfigError
+from config.errors import ConfigError, UserError, user_message
 from config.loader import check_layer, dump, from_dict, load, parse_overrides, read_yaml, save, to_dict
 from config.schema import KINDS
 from eval.evaluate import resolve_device
@@ -80,3 +85,27 @@ def start_run(config: str, overrides: list[str], kind: str) -> RunSetup:
     if cfg.training_cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     return RunSetup(cfg=cfg, run=run, device=device, resume=resume)
+
+
+# What a run folder holds before its first checkpoint: the files start_run and the start of training write.
+_START_FILES = {"config.yaml", "image_config.yaml", "log.txt", "tensorboard", "metrics.json"}
+
+
+@contextmanager
+def clean_up_failed_start(setup: RunSetup) -> Iterator[None]:
+    """Nothing is left half-made when training fails: a new run that dies before its first checkpoint is removed
+    (it holds only the files of its start), any other failing run gets the reason in its ``log.txt``."""
+    try:
+        yield
+    except Exception as err:  # not KeyboardInterrupt: an interrupted run is left as a kill would leave it
+        if D.is_main():
+            run = setup.run
+            fresh = setup.resume is None and not (run / "last.pth").exists()
+            if fresh and {p.name for p in run.iterdir()} <= _START_FILES:
+                shutil.rmtree(run, ignore_errors=True)
+                print(f"== removed {run}: the run failed before its first checkpoint", file=sys.stderr)
+            else:
+                reason = user_message(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+                with open(run / "log.txt", "a") as fh:
+                    fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  FAILED: {reason}\n")
+        raise

@@ -22,7 +22,7 @@ from training import distributed as D
 from training.checkpoint import load_pretrained_checkpoint, save_checkpoint
 from training.loop import fit
 from training.losses import build_segmentation_loss
-from training.setup import start_run
+from training.setup import RunSetup, clean_up_failed_start, start_run
 from training.steps import image_step
 
 
@@ -34,9 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Train; return the run folder."""
+    """Train; return the run folder (a new run that fails before its first checkpoint is removed again)."""
     args = build_parser().parse_args(argv)
     setup = start_run(args.config, args.overrides, "image")
+    with clean_up_failed_start(setup):
+        return train(setup)
+
+
+def train(setup: RunSetup) -> Path:
+    """The training of a started run."""
     cfg, device, run = setup.cfg, setup.device, setup.run
     dcfg, tcfg = cfg.data_cfg, cfg.training_cfg
     info = get_dataset_info(dcfg.dataset)

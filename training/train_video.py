@@ -28,7 +28,7 @@ from models.runs import architecture_of, image_run_of, load_image_model
 from training import distributed as D
 from training.checkpoint import load_pretrained_checkpoint
 from training.loop import fit
-from training.setup import start_run
+from training.setup import RunSetup, clean_up_failed_start, start_run
 from training.steps import VIDEO_STEPS
 
 
@@ -51,9 +51,15 @@ def _check_supported(cfg: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Train; return the run folder."""
+    """Train; return the run folder (a new run that fails before its first checkpoint is removed again)."""
     args = build_parser().parse_args(argv)
     setup = start_run(args.config, args.overrides, "video")
+    with clean_up_failed_start(setup):
+        return train(setup)
+
+
+def train(setup: RunSetup) -> Path:
+    """The training of a started run."""
     cfg, device, run = setup.cfg, setup.device, setup.run
     dcfg, tcfg = cfg.data_cfg, cfg.training_cfg
     _check_supported(cfg)

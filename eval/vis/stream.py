@@ -106,7 +106,7 @@ def build_tc(args: argparse.Namespace, info: DatasetInfo, device: torch.device) 
         key = (backend, proto.flow.iters, proto.flow.input_norm, proto.flow.pad)
         if key not in built:
             built[key] = build_flow(backend, args.tc_flow_weights, proto.flow.iters, proto.flow.input_norm,
-                                    proto.flow.pad, device=device)  # fmt: skip
+                                    proto.flow.pad, device=device, weights_setting="--tc-flow-weights")  # fmt: skip
         protocols[name], providers[name] = proto, built[key]
     return TemporalConsistency(info.num_classes, protocols, providers)
 

@@ -38,10 +38,12 @@ def build_flow(
     input_norm: str = "minus1_1",
     pad: str = "replicate",
     device: torch.device | str = "cpu",
+    weights_setting: str = "video_model_cfg.flow.weights",
 ) -> FlowProvider:
     """Build the flow provider ``backend``; the other arguments are RAFT settings (ignored by the others).
 
-    ``weights=None`` means the default local file of the RAFT model (``base_checkpoints/...``). An unknown
+    ``weights=None`` means the default local file of the RAFT model (``base_checkpoints/...``); a missing file's
+    error tells the user to set ``weights_setting`` (the config key or flag the weights come from). An unknown
     backend or option value is a :class:`ConfigError`; a missing or mismatched weights file a ``CheckpointError``.
     """
     if input_norm not in ("minus1_1", "imagenet"):
@@ -49,7 +51,14 @@ def build_flow(
     if pad not in ("none", "replicate"):
         raise ConfigError(f"flow.pad '{pad}' is not one of none, replicate")
     builder = FLOW_PROVIDERS.get(backend)
-    return builder(weights=weights, iters=iters, input_norm=input_norm, pad=pad, device=device)
+    return builder(
+        weights=weights,
+        iters=iters,
+        input_norm=input_norm,
+        pad=pad,
+        device=device,
+        weights_setting=weights_setting,
+    )
 
 
 __all__ = [

@@ -133,13 +133,14 @@ class RaftFlow(FlowProvider):
         input_norm: InputNorm = "minus1_1",
         pad: Pad = "replicate",
         device: torch.device | str = "cpu",
+        weights_setting: str = "video_model_cfg.flow.weights",
     ) -> None:
         _check_options(arch, iters, input_norm, pad)
         self.name = arch
         self.iters, self.input_norm, self.pad = int(iters), input_norm, pad
         self.weights = Path(weights if weights is not None else DEFAULT_WEIGHTS[arch])
         self.model = getattr(optical_flow, arch)(weights=None, progress=False)
-        self.sha256 = load_raft_weights(self.model, arch, self.weights)
+        self.sha256 = load_raft_weights(self.model, arch, self.weights, weights_setting)
         self.model.eval().requires_grad_(False).to(device)
 
     def settings(self) -> dict[str, Any]:
@@ -175,6 +176,7 @@ class RaftNet(nn.Module):
         iters: int = 8,
         input_norm: InputNorm = "minus1_1",
         load_weights: bool = True,
+        weights_setting: str = "the flow network's weights setting",
     ) -> None:
         super().__init__()
         _check_options(arch, iters, input_norm, "replicate")
@@ -183,9 +185,7 @@ class RaftNet(nn.Module):
         self.net = getattr(optical_flow, arch)(weights=None, progress=False)
         # None when the start weights are not read here (a checkpoint replaces them).
         self.sha256 = (
-            load_raft_weights(self.net, arch, self.weights, "video_model_cfg.dff.flow_weights")
-            if load_weights
-            else None
+            load_raft_weights(self.net, arch, self.weights, weights_setting) if load_weights else None
         )
 
     def settings(self) -> dict[str, Any]:
@@ -212,8 +212,9 @@ def _builder(arch: Literal["raft_large", "raft_small"]) -> Any:
         input_norm: InputNorm = "minus1_1",
         pad: Pad = "replicate",
         device: torch.device | str = "cpu",
+        weights_setting: str = "video_model_cfg.flow.weights",
     ) -> RaftFlow:
-        return RaftFlow(arch, weights, iters, input_norm, pad, device)
+        return RaftFlow(arch, weights, iters, input_norm, pad, device, weights_setting)
 
     build.__doc__ = f"Frozen torchvision {arch} from a local weights file (default {DEFAULT_WEIGHTS[arch]})."
     return build
@@ -224,8 +225,14 @@ FLOW_PROVIDERS.register("raft_small")(_builder("raft_small"))
 
 
 def _network_builder(arch: Literal["raft_large", "raft_small"]) -> Any:
-    def build(weights: str | Path | None, iters: int, input_norm: InputNorm, load_weights: bool) -> RaftNet:
-        return RaftNet(arch, weights, iters, input_norm, load_weights)
+    def build(
+        weights: str | Path | None,
+        iters: int,
+        input_norm: InputNorm,
+        load_weights: bool,
+        weights_setting: str,
+    ) -> RaftNet:
+        return RaftNet(arch, weights, iters, input_norm, load_weights, weights_setting)
 
     build.__doc__ = (
         f"Trainable torchvision {arch}, started from a local file (default {DEFAULT_WEIGHTS[arch]})."

@@ -202,11 +202,13 @@ def build_dff(
             iters=dcfg.flow_iters,
             input_norm=dcfg.flow_input_norm,
             load_weights=pretrained,
+            weights_setting="video_model_cfg.dff.flow_weights",
         )
     else:
         provider = build_flow(
-            dcfg.flow, dcfg.flow_weights, dcfg.flow_iters, dcfg.flow_input_norm, "replicate", device=device
-        )
+            dcfg.flow, dcfg.flow_weights, dcfg.flow_iters, dcfg.flow_input_norm, "replicate", device=device,
+            weights_setting="video_model_cfg.dff.flow_weights",
+        )  # fmt: skip
     return DFF(
         image_model,
         k_interval=dcfg.k_interval,

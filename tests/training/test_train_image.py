@@ -181,3 +181,24 @@ def test_pretrained_checkpoint_of_another_architecture_is_refused(
     text = str(err.value)
     assert "image model upernet on tiny_cnn" in text and "image model fcn8s on vgg16" in text
     assert "another architecture" in text and "\n" not in text
+
+
+def test_a_failed_start_leaves_nothing_and_a_failed_run_says_why(tmp_path: Path) -> None:
+    from config.errors import DataError
+    from training.setup import RunSetup, clean_up_failed_start
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text("x: 1\n")
+    with pytest.raises(DataError), clean_up_failed_start(RunSetup(None, fresh, torch.device("cpu"), None)):
+        raise DataError("datasets/synthetic/val.txt not found")
+    assert not fresh.exists()  # nothing was trained: the folder is gone
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "config.yaml").write_text("x: 1\n")
+    (trained / "last.pth").write_bytes(b"")
+    with pytest.raises(DataError), clean_up_failed_start(RunSetup(None, trained, torch.device("cpu"), None)):
+        raise DataError("datasets/synthetic/val.txt not found")
+    assert "FAILED: datasets/synthetic/val.txt not found" in (trained / "log.txt").read_text()
+    assert (trained / "last.pth").exists()

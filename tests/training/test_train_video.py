@@ -101,6 +101,9 @@ def test_missing_image_run_and_wrong_kind_are_clear_errors(
         )
     with pytest.raises(ConfigError, match="adjacent_frames"):
         train_video.main(["ssp_synthetic", *tiny_video_overrides, "data_cfg.adjacent_frames=[-2]"])
+    # each of these failed after its run folder was made: nothing is left behind
+    save_dir = Path(next(o for o in tiny_video_overrides if o.startswith("save_dir=")).partition("=")[2])
+    assert not [p for p in save_dir.iterdir() if p.is_dir()]
 
 
 @pytest.mark.slow
@@ -150,3 +153,12 @@ def test_a_model_running_opencv_trains_with_forked_loader_workers(
     (run,) = list((tmp_path / "checkpoints").iterdir())
     last = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
     assert last["finished"] and last["epoch"] == 2
+
+
+def test_missing_tc_flow_weights_name_the_flag(tiny_image_run: Path, tmp_path: Path) -> None:
+    """The hint names what the user of this CLI can set: the flag, not a config key."""
+    missing = tmp_path / "raft_large.pth"
+    for cli in (eval_image, eval_video):
+        with pytest.raises(CheckpointError, match="set --tc-flow-weights"):
+            cli.main([str(tiny_image_run), "--num-workers", "0", "--no-write-res", "--tc-flow", "raft_large",
+                      "--tc-flow-weights", str(missing)])  # fmt: skip

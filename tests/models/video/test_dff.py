@@ -217,7 +217,12 @@ def test_raft_net_and_provider_share_the_computation(tmp_path: Path) -> None:
     assert torch.allclose(flow, provider(img1, img2), atol=1e-5)
     assert net.settings()["sha256"] == provider.settings()["sha256"]
     with pytest.raises(CheckpointError, match="dff.flow_weights"):
-        RaftNet("raft_small", tmp_path / "missing.pth", iters=2)
+        RaftNet(
+            "raft_small",
+            tmp_path / "missing.pth",
+            iters=2,
+            weights_setting="video_model_cfg.dff.flow_weights",
+        )
 
 
 def test_frozen_provider_is_not_in_the_state_dict(image_model: Segmentor) -> None:
@@ -265,3 +270,15 @@ def test_build_dff_errors_and_trainable_flow(image_model: Segmentor, tmp_path: P
     )  # a checkpoint follows
     assert isinstance(model.flow_network, RaftNet) and model.flow is None
     assert model.flow_network.iters == 8 and model.flow_network.arch == "raft_small"
+
+
+def test_a_missing_raft_file_names_the_dff_key(tmp_path: Path) -> None:
+    from config.loader import load
+    from models.build import build_video_model
+
+    image = build_segmentor("tiny_cnn", "upernet", 5, upsampling="bilinear")
+    for trainable in ("true", "false"):
+        cfg = load("dff_uavid", "video", [f"video_model_cfg.dff.flow_weights={tmp_path / 'none.pth'}",
+                                          f"video_model_cfg.dff.train_flow={trainable}"])  # fmt: skip
+        with pytest.raises(CheckpointError, match="set video_model_cfg.dff.flow_weights"):
+            build_video_model(cfg, image)
