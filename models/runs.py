@@ -111,12 +111,15 @@ def _load_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
         )
 
 
-def _read_kind(run: Path, best: bool, kind: str) -> tuple[dict, Path]:
+def _read_kind(run: Path, best: bool, kind: str, hint: str | None = None) -> tuple[dict, Path]:
+    """The checkpoint of a run that must be of ``kind``; ``hint`` replaces the default advice (which CLI to use)."""
     path = checkpoint_path(run, best)
     ckpt = read_checkpoint(path)
     if ckpt.get("kind") != kind:
         cmd = {"image": "eval.vis.image", "video": "eval.vis.video"}.get(str(ckpt.get("kind")), "eval.vis.*")
-        raise CheckpointError(f"{path} is a '{ckpt.get('kind')}' checkpoint, not '{kind}'; use {cmd}")
+        raise CheckpointError(
+            f"{path} is a '{ckpt.get('kind')}' checkpoint, not '{kind}'; {hint or f'use {cmd}'}"
+        )
     return ckpt, path
 
 
@@ -126,12 +129,15 @@ def _meta(ckpt: dict, path: Path) -> dict:
     return meta
 
 
-def load_image_model(run: Path, best: bool = False) -> tuple[torch.nn.Module, Any, dict]:
+def load_image_model(
+    run: Path, best: bool = False, hint: str | None = None
+) -> tuple[torch.nn.Module, Any, dict]:
     """Rebuild the image model of a run from its stored config and load its weights strictly.
 
-    Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries).
+    Returns (model in eval mode on the CPU, typed config, checkpoint dict without the big entries). ``hint`` is the
+    advice given when the run is not an image run.
     """
-    return _image_from(*_read_kind(run, best, "image"))
+    return _image_from(*_read_kind(run, best, "image", hint))
 
 
 def _image_from(ckpt: dict, path: Path) -> tuple[torch.nn.Module, Any, dict]:

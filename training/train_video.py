@@ -66,7 +66,11 @@ def train(setup: RunSetup) -> Path:
     size = tuple(dcfg.crop_size)
 
     image_run = image_run_of(cfg.image_model_cfg)
-    image_model, image_cfg, image_meta = load_image_model(image_run, best=cfg.image_model_cfg.best_model)
+    image_model, image_cfg, image_meta = load_image_model(
+        image_run, best=cfg.image_model_cfg.best_model,
+        hint="image_model_cfg.checkpoint_name must name an image run (python -m training.train_image); to start "
+        "from a video run's weights, set pretrained_checkpoint",
+    )  # fmt: skip
     if image_cfg.data_cfg.dataset != dcfg.dataset:
         raise ConfigError(
             f"image_model_cfg.checkpoint_name: {image_run} was trained on '{image_cfg.data_cfg.dataset}', this "

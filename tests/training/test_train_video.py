@@ -56,6 +56,10 @@ def test_ssp_trains_evaluates_and_resumes(tiny_video_overrides: list[str], tiny_
 
     with pytest.raises(CheckpointError, match="'video' checkpoint, not 'image'"):
         eval_image.main([str(run), "--num-workers", "0"])
+    with pytest.raises(CheckpointError, match="checkpoint_name must name an image run"):
+        train_video.main(
+            ["ssp_synthetic", *tiny_video_overrides, *SYNTH, f"image_model_cfg.checkpoint_name={run}"]
+        )
 
     again = train_video.main(["ssp_synthetic", f"resume_training={run}", *tiny_video_overrides, *SYNTH])
     assert again == run  # finished: resuming does nothing, and is not an error
