@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,7 +102,7 @@ def clean_up_failed_start(setup: RunSetup) -> Iterator[None]:
             fresh = setup.resume is None and not (run / "last.pth").exists()
             if fresh and {p.name for p in run.iterdir()} <= _START_FILES:
                 shutil.rmtree(run, ignore_errors=True)
-                print(f"== removed {run}: the run failed before its first checkpoint", file=sys.stderr)
+                print(f"== removed {run}: the run failed before its first checkpoint")
             else:
                 reason = user_message(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
                 with open(run / "log.txt", "a") as fh:
