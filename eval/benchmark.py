@@ -121,13 +121,20 @@ def _time_frames(
     return lat
 
 
-def _summary(runs: list[list[float]]) -> dict:
+# Timed runs whose means differ by more than this share of their median are flagged: the figure is noise-bound.
+SPREAD_WARNING = 0.10
+
+
+def summarise_runs(runs: list[list[float]]) -> dict:
+    """Figures of the median run (by mean latency) and the spread between runs."""
     means = [statistics.fmean(r) for r in runs]
     med = runs[int(np.argsort(means)[len(means) // 2])]
     mean = statistics.fmean(med)
+    spread = (max(means) - min(means)) / statistics.median(means)
     return {"mean_ms": round(mean, 3), "median_ms": round(statistics.median(med), 3),
             "p90_ms": round(float(np.percentile(med, 90)), 3), "fps": round(1000.0 / mean, 2),
-            "run_means_ms": [round(m, 3) for m in means], "frames_per_run": len(med)}  # fmt: skip
+            "run_means_ms": [round(m, 3) for m in means], "frames_per_run": len(med),
+            "run_spread": round(spread, 4), "noisy": spread > SPREAD_WARNING}  # fmt: skip
 
 
 def _steppers(model: VideoModel, dtype: torch.dtype | None, device: torch.device, baseline: bool) -> dict:
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                     torch.cuda.reset_peak_memory_stats(device)
                 timer = StageTimer(device)
                 _time_frames(step, frames, n_stage, 0, device, timer)
-                entry = _summary(runs[name])
+                entry = summarise_runs(runs[name])
                 entry["stages_ms"] = {k: round(v / n_stage, 3) for k, v in timer.ms.items()}
                 entry["stage_sum_ms"] = round(sum(entry["stages_ms"].values()), 3)
                 entry["peak_memory_mb"] = (
@@ -252,14 +259,27 @@ def format_report(report: dict) -> str:
     for name, helper in described["helpers"].items():
         lines.append(f"{name}: {_short(helper['settings']) if helper else 'none'}")
     lines.append(
-        f"  {'model/precision':<16}{'FPS':>8}{'mean ms':>10}{'p90 ms':>9}{'peak MB':>10}  stages (ms)"
+        f"  {'model/precision':<16}{'FPS':>8}{'mean ms':>10}{'median':>9}{'p90 ms':>9}{'spread':>8}{'peak MB':>10}"
+        "  stages (ms, separate timed pass)"
     )
+    warnings = []
     for key, e in report["results"].items():
         if key.startswith("ratio/"):
             continue
         stages = ", ".join(f"{k} {v:.2f}" for k, v in e["stages_ms"].items())
-        lines.append(f"  {key:<16}{e['fps']:>8.2f}{e['mean_ms']:>10.2f}{e['p90_ms']:>9.2f}"
-                     f"{e['peak_memory_mb']:>10.0f}  {stages}")  # fmt: skip
+        lines.append(f"  {key:<16}{e['fps']:>8.2f}{e['mean_ms']:>10.2f}{e['median_ms']:>9.2f}{e['p90_ms']:>9.2f}"
+                     f"{100 * e['run_spread']:>7.1f}%{e['peak_memory_mb']:>10.0f}  {stages}"
+                     f" (sum {e['stage_sum_ms']:.2f})")  # fmt: skip
+        if e["noisy"]:
+            warnings.append(
+                f"  warning: {key}: the timed runs differ by {100 * e['run_spread']:.0f} % (> "
+                f"{100 * SPREAD_WARNING:.0f} %): noise, not a speed difference; rerun on a quieter machine"
+            )
+    lines.append(
+        "  FPS and mean ms: the median of the timed runs; stages come from a separate pass with a (synchronising) "
+        "timer around each, so their sum can exceed the mean"
+    )
+    lines += warnings
     for key, v in report["results"].items():
         if key.startswith("ratio/"):
             lines.append(f"  video FPS / image FPS ({key[6:]}): {v:.3f}")

@@ -47,6 +47,11 @@ def _check_entry(entry: dict, frames: int, runs: int) -> None:
     assert all(v >= 0 for v in entry["stages_ms"].values())
     assert entry["stage_sum_ms"] == pytest.approx(sum(entry["stages_ms"].values()), abs=2e-3)
     assert entry["peak_memory_mb"] > 0 and entry["peak_memory_kind"] == "process peak RSS"
+    means = entry["run_means_ms"]
+    spread = (max(means) - min(means)) / sorted(means)[len(means) // 2] if len(means) % 2 else None
+    if spread is not None:
+        assert entry["run_spread"] == pytest.approx(spread, abs=1e-4)
+    assert entry["noisy"] == (entry["run_spread"] > benchmark.SPREAD_WARNING)
 
 
 def _check_file(run: Path, report: dict, name: str) -> None:
@@ -148,3 +153,19 @@ def test_dff_run_reports_its_own_stages(tiny_synthetic: Path, tiny_image_run: Pa
     assert "dis" in benchmark.format_report(report)
     with pytest.raises(CheckpointError, match="image run"):
         benchmark.main([str(tiny_image_run), *QUICK, "--set", "video_model_cfg.sim_op=avg"])
+
+
+def test_the_report_flags_noisy_runs() -> None:
+    entry = benchmark.summarise_runs([[10.0] * 5, [10.5] * 5, [12.5] * 5])
+    assert (
+        entry["mean_ms"] == 10.5
+        and entry["run_spread"] == pytest.approx(2.5 / 10.5, abs=1e-4)
+        and entry["noisy"]
+    )
+    quiet = benchmark.summarise_runs([[10.0] * 5, [10.2] * 5, [10.1] * 5])
+    assert not quiet["noisy"]
+    entry.update(stages_ms={"backbone": 9.0}, stage_sum_ms=9.0, peak_memory_mb=1.0)
+    report = {"run": "r", "input_size": [8, 8], "device": "cpu", "results": {"video/fp32": entry},
+              "video_model": {"method": "base", "inference": "recurrent", "helpers": {}}}  # fmt: skip
+    text = benchmark.format_report(report)
+    assert "warning: video/fp32: the timed runs differ by 24 %" in text and "median of the timed runs" in text
