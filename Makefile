@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test test-slow demo docs lint clean-demo
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-extra.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt

@@ -5,12 +5,12 @@ A test compares the file with :func:`render`, so the reference of config keys ca
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 from pathlib import Path
 
-from config.loader import section_type, type_name
+from config.cli import CliParser
+from config.loader import alias_targets, section_type, type_name
 from config.schema import KINDS
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configs.md"
@@ -51,12 +51,32 @@ def _section(lines: list[str], path: str, sec: type, doc: str) -> None:
         tp = type_name(hints[f.name]).replace("|", "\\|")
         lines.append(f"| `{f.name}` | {tp} | `{_default(f)}` | {f.metadata['doc']} |")
     lines.append("")
+    _aliases(lines, path, sec)
     for f in fields:
         nested = section_type(hints[f.name])
         if nested is not None:
             optional = " (optional: null = not set)" if nested is not hints[f.name] else ""
             title = (nested.__doc__ or "").split(":", 1)[-1].strip().split("\n")[0]
             _section(lines, f"{path}.{f.name}" if path else f.name, nested, title + optional)
+
+
+def _aliases(lines: list[str], path: str, sec: type) -> None:
+    """The reference's flat spellings of method keys that ``sec`` accepts, and where each one goes."""
+    aliases: dict[str, str] = getattr(sec, "ALIASES", {})
+    if not aliases:
+        return
+    lines += [
+        f"Reference spellings: reference files write these method keys flat in `{path}`. They are moved into the",
+        "section of `model_name`; the flat key and the section key in one file must agree, and a key of another",
+        "method is an error.",
+        "",
+        "| reference key | becomes |",
+        "|---|---|",
+    ]
+    for alias, dest in aliases.items():
+        where = ", ".join(f"`{path}.{name}.{dest}` ({method})" for method, name in alias_targets(sec, alias))
+        lines.append(f"| `{alias}` | {where} |")
+    lines.append("")
 
 
 def render() -> str:
@@ -69,7 +89,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m config.docs", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m config.docs", description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write {DOC_PATH.name} instead of printing it")
     args = parser.parse_args(argv)
     if args.write:

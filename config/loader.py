@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from config.errors import ConfigError, did_you_mean
+from config.files import atomic_write_text
 from config.schema import KINDS
 
 CONFIG_ROOT = Path(__file__).resolve().parent
@@ -104,8 +105,12 @@ def _check_value(value: Any, tp: Any, key: str, meta: dict) -> Any:
         return _check_value(value, inner[0], key, meta)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if meta.get("ignore_case") and isinstance(value, str):
+            # the reference compares some names case-insensitively (model_architecture: Segformer, UPerNet)
+            value = next((c for c in choices if str(c).lower() == value.lower()), value)
         if value not in choices:
-            hint = did_you_mean(str(value), [str(c) for c in choices])
+            typed = str(value).lower() if meta.get("ignore_case") else str(value)
+            hint = did_you_mean(typed, [str(c) for c in choices])
             raise ConfigError(f"{key}: '{value}' is not one of {', '.join(map(str, choices))}{hint}")
         return value
     if origin is list:
@@ -162,11 +167,15 @@ def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
 def check_layer(data: dict, cls: type, prefix: str = "") -> dict:
     """Check one partial config layer against the schema class ``cls``; return it with values converted."""
     fields = _fields(cls)
+    aliases: dict[str, str] = getattr(cls, "ALIASES", {})
     out: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if key in aliases and key not in fields:
+            out[key] = value  # a reference spelling: checked once its method is known (resolve_aliases)
+            continue
         if key not in fields:
-            raise ConfigError(f"{path}: unknown key{did_you_mean(str(key), fields)}")
+            raise ConfigError(f"{path}: unknown key{did_you_mean(str(key), [*fields, *aliases])}")
         tp, fld = fields[key]
         section = section_type(tp)
         if section is not None:
@@ -177,6 +186,55 @@ def check_layer(data: dict, cls: type, prefix: str = "") -> dict:
             out[key] = check_layer(value, section, f"{path}.")
         else:
             out[key] = _check_value(value, tp, path, dict(fld.metadata))
+    return out
+
+
+def alias_targets(cls: type, alias: str) -> list[tuple[str, str]]:
+    """(method, section field) of every method section of ``cls`` that has the key ``cls.ALIASES[alias]``."""
+    dest = cls.ALIASES[alias]  # type: ignore[attr-defined]
+    out = []
+    for name, (tp, fld) in _fields(cls).items():
+        method, section = fld.metadata.get("method"), section_type(tp)
+        if method is not None and section is not None and dest in _fields(section):
+            out.append((method, name))
+    return out
+
+
+def resolve_aliases(layer: dict, cls: type, final: dict, prefix: str = "") -> dict:
+    """Move the reference's flat method keys of a checked layer into the section of the method.
+
+    ``final`` is the merged config of all layers, whose ``model_name`` is the method that will be built (a base
+    file may set it, the experiment file the flat keys). A flat key and its section key in the same layer must
+    agree; across layers the later one wins, as for any key. A flat key of another method is an error.
+    """
+    out = dict(layer)
+    for name, (tp, _) in _fields(cls).items():
+        section = section_type(tp)
+        if section is not None and isinstance(out.get(name), dict):
+            out[name] = resolve_aliases(out[name], section, final.get(name) or {}, f"{prefix}{name}.")
+    aliases: dict[str, str] = getattr(cls, "ALIASES", {})
+    fields = _fields(cls)
+    for alias in [k for k in out if k in aliases and k not in fields]:
+        value = out.pop(alias)
+        method = final.get("model_name", fields["model_name"][1].default)
+        targets = dict(alias_targets(cls, alias))
+        if method not in targets:
+            users = ", ".join(targets)
+            raise ConfigError(
+                f"{prefix}{alias}: this reference key configures model_name {users}, but model_name is "
+                f"'{method}'; remove it"
+            )
+        section_name, dest = targets[method], aliases[alias]
+        tp, fld = _fields(section_type(fields[section_name][0]))[dest]
+        value = _check_value(value, tp, f"{prefix}{alias}", dict(fld.metadata))
+        section_data = dict(out.get(section_name) or {})
+        if dest in section_data and section_data[dest] != value:
+            raise ConfigError(
+                f"{prefix}{alias}: {value!r} contradicts {prefix}{section_name}.{dest}: {section_data[dest]!r} "
+                "(the same setting); keep only one of the two"
+            )
+        section_data[dest] = value
+        out[section_name] = section_data
     return out
 
 
@@ -249,10 +307,18 @@ def load_layers(name_or_path: str, kind: str, overrides: list[str] | None = None
     layers.append((path.name, data))
     if overrides:
         layers.append(("command line", parse_overrides(overrides)))
-    merged: dict = {}
+    checked: list[tuple[str, dict]] = []
+    final: dict = {}
     for source, layer in layers:
         try:
-            merged = merge_layers(merged, check_layer(layer, schema))
+            checked.append((source, check_layer(layer, schema)))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        final = merge_layers(final, checked[-1][1])
+    merged: dict = {}
+    for source, layer in checked:
+        try:
+            merged = merge_layers(merged, resolve_aliases(layer, schema, final))
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
     return merged, path
@@ -267,7 +333,8 @@ def load(name_or_path: str, kind: str = "image", overrides: list[str] | None = N
 def from_dict(data: dict, kind: str = "image") -> Any:
     """A checked dataclass from a plain dict (e.g. the ``config`` stored in a checkpoint)."""
     schema = KINDS[kind]
-    return _build(schema, check_layer(data, schema))
+    checked = check_layer(data, schema)
+    return _build(schema, resolve_aliases(checked, schema, checked))
 
 
 def to_dict(cfg: Any) -> dict:
@@ -282,7 +349,4 @@ def dump(cfg: Any) -> str:
 
 def save(cfg: Any, path: Path) -> None:
     """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump(cfg))
-    tmp.replace(path)
+    atomic_write_text(path, dump(cfg), fix="set save_dir to a writable folder")

@@ -5,28 +5,62 @@ as they are; keys tcseg adds are documented the same way. ``docs/configs.md`` is
 (``python -m config.docs --write``) and a test fails when it is stale.
 
 Types allowed in the schema (the loader checks them): ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``
-(an enum), ``list[int|float|str]``, ``X | None`` and nested section dataclasses.
+(an enum), ``list[int|float|str]``, ``X | None`` and nested section dataclasses. The sub-sections of
+``video_model_cfg`` (helpers and methods) live in :mod:`config.video_sections`, ``model_cfg`` and its model ids
+in :mod:`config.image_sections`, the field helper ``opt`` in :mod:`config.fields`; all are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from config.errors import ConfigError
+from config.fields import opt
+from config.image_sections import (
+    HIERA_SIZES,
+    SEGFORMER_IDS,
+    UPERNET_CONVNEXT_IDS,
+    UPERNET_SWIN_IDS,
+    ModelCfg,
+)
+from config.video_sections import (
+    PLANNED_VIDEO_METHODS,
+    DFFCfg,
+    FlowCfg,
+    NetWarpCfg,
+    RegistrationCfg,
+    TCBCfg,
+    TCLossCfg,
+)
 
-
-def opt(default: Any, doc: str, **meta: Any) -> Any:
-    """A schema field: ``default`` (lists are copied per instance), a one-line ``doc`` and extra checks.
-
-    Extra checks: ``length`` (exact list length), ``min`` (lower bound for numbers and list items).
-    ``registry`` names the registry (its kind, e.g. ``"flow provider"``) whose names a ``Literal`` key lists, and
-    ``registry_extra`` the choices that are not in it; a test checks that the two lists agree.
-    """
-    if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"doc": doc, **meta})
-    return field(default=default, metadata={"doc": doc, **meta})
+# Re-exported: code imports every section from here.
+__all__ = [
+    "KINDS",
+    "PLANNED_VIDEO_METHODS",
+    "DFFCfg",
+    "DataCfg",
+    "FlowCfg",
+    "HIERA_SIZES",
+    "ImageConfig",
+    "ImageModelCfg",
+    "LossCfg",
+    "ModelCfg",
+    "NetWarpCfg",
+    "OptimCfg",
+    "RegistrationCfg",
+    "RunConfig",
+    "SEGFORMER_IDS",
+    "TCBCfg",
+    "TCLossCfg",
+    "TrainingCfg",
+    "UPERNET_CONVNEXT_IDS",
+    "UPERNET_SWIN_IDS",
+    "VideoConfig",
+    "VideoModelCfg",
+    "opt",
+]
 
 
 @dataclass
@@ -46,6 +80,11 @@ class DataCfg:
     square_crop: bool = opt(False, "training: random HxH crop; training-time validation: centre HxH crop")
     data_augmentation: bool = opt(
         True, "training augmentation (flip, geometry, photometry, noise; ssp.md 7.8/7.9)"
+    )
+    photometric: Literal["mid_grey", "reference"] = opt(
+        "mid_grey",
+        "video training photometry: contrast about mid-grey, brightness x255 (tcseg), or the reference's (ssp.md "
+        "7.8: gain about 0, brightness +-0.2 grey levels = a no-op, order contrast, HSV, gamma)",
     )
     soft_labels: bool = opt(False, "targets are per-class maps (knowledge distillation; not available yet)")
     logit_distillation: bool = opt(
@@ -74,36 +113,13 @@ class DataCfg:
     )
     opencv_homos: bool = opt(
         False,
-        "video: estimate homographies in the data loader (CPU) instead of in the model; gt always uses the loader",
+        "video training: the data loader registers the augmented pairs with opencv_model_type (CPU) instead of "
+        "the model; streaming still uses k_registrator_model (gt: always the dataset's true homographies)",
     )
-
-
-@dataclass
-class ModelCfg:
-    """`model_cfg`: the image segmentation network (image configs only)."""
-
-    model_architecture: Literal["hierasam_upernet", "upernet", "fcn8s", "swiftnet"] = opt(
-        "hierasam_upernet",
-        "hierasam_upernet = SAM2 Hiera (checkpoint_model) + UperNet; otherwise the head on model_cfg.backbone",
-        registry="head",
-        registry_extra=("hierasam_upernet",),
+    opencv_model_type: Literal["sift", "akaze", "orb"] = opt(
+        "sift",
+        "video: the data loader's OpenCV registration when opencv_homos is true (reference files: akaze)",
     )
-    checkpoint_model: Literal["tiny", "small", "base_plus"] = opt(
-        "small", "SAM2 Hiera size for hierasam_upernet; also fixes the UperNet width (128/256/512)"
-    )
-    backbone: str | None = opt(
-        None, "backbone name for the other architectures (default: vgg16 for fcn8s, resnet18 otherwise)"
-    )
-    head_width: int | None = opt(
-        None, "head channel width; null = the reference width for the backbone", min=1
-    )
-    pretrained_backbone: str | None = opt(
-        None, "local backbone weights file (e.g. base_checkpoints/sam2_hiera_small.pt); null = random init"
-    )
-    upsampling: Literal["bicubic", "bilinear", "nearest"] = opt(
-        "bicubic", "interpolation of the stride-4 logits to the input size"
-    )
-    frozen_encoder: bool = opt(False, "freeze the backbone (train the head only)")
 
 
 @dataclass
@@ -196,107 +212,29 @@ class ImageModelCfg:
 
 
 @dataclass
-class RegistrationCfg:
-    """`video_model_cfg.registration`: settings of the homography provider (``ssp.md`` §3.2)."""
-
-    max_keypoints: int = opt(2048, "keypoints per frame (disk: 2048; sift/orb/akaze detector limit)", min=4)
-    ratio: float = opt(0.8, "Lowe ratio test for nearest-neighbour matches (OpenCV providers)", min=0)
-    estimator: Literal["ransac", "usac_magsac"] = opt(
-        "ransac", "robust fit of the homography (OpenCV providers)"
-    )
-    threshold: float = opt(
-        2.5, "inlier threshold: pixels for OpenCV; squared transfer error for disk (kornia semantics)", min=0
-    )
-    min_matches: int = opt(4, "fewer matches than this falls back to the identity (counted, reported)", min=4)
-    input_norm: Literal["rgb01", "imagenet"] = opt(
-        "rgb01", "what disk sees: RGB in [0,1] (correct) or ImageNet-normalised frames (reference defect)"
-    )
-    disk_weights: str = opt("base_checkpoints/depth-save.pth", "local DISK 'depth' weights (disk only)")
-    lightglue_weights: str = opt(
-        "base_checkpoints/disk_lightglue_v0-1_arxiv.pth", "local LightGlue-for-DISK weights (disk only)"
-    )
-    cache: bool = opt(True, "cache homographies of unaugmented frame pairs on disk (evaluation)")
-    cache_dir: str = opt("datasets/.cache", "root of the registration and flow caches")
-    scaling: Literal["reference", "centered"] = opt(
-        "reference", "homography at stride s: S.H.S^-1 (reference) or with the half-pixel centre correction"
-    )
-
-
-@dataclass
-class FlowCfg:
-    """`video_model_cfg.flow`: the optical-flow provider of the temporal-consistency loss."""
-
-    backend: Literal["raft_large", "raft_small", "dis", "farneback", "gt"] = opt(
-        "raft_large", "flow provider; gt = the synthetic set's true flow", registry="flow provider"
-    )
-    weights: str | None = opt(
-        None, "local RAFT weights; null = base_checkpoints/raft_large_C_T_V1-22a6c225.pth (or raft_small_...)"
-    )
-    iters: int = opt(20, "RAFT refinement iterations", min=1)
-    input_norm: Literal["minus1_1", "imagenet"] = opt(
-        "minus1_1", "RAFT input: [-1,1] as torchvision expects, or ImageNet-normalised (reference defect)"
-    )
-    pad: Literal["none", "replicate"] = opt("replicate", "pad frames to a multiple of 8 for RAFT")
-
-
-@dataclass
-class TCLossCfg:
-    """`video_model_cfg.tc_loss`: the temporal-consistency loss (``ssp.md`` §5.3)."""
-
-    photometric: Literal["signed_sum", "abs_sum", "none"] = opt(
-        "abs_sum",
-        "weight M: exp(-|sum_c d_c|) on normalised frames (reference), exp(-alpha sum_c |d_c|) on [0,1], or 1",
-    )
-    alpha: float = opt(1.0, "sharpness of the abs_sum photometric weight", min=0)
-    occlusion: Literal["none", "fwd_bwd"] = opt("none", "mask occluded pixels with a forward-backward check")
-    space: Literal["logits", "probs"] = opt("logits", "compare logits (reference) or softmax probabilities")
-    grid: Literal["reference", "exact"] = opt(
-        "exact", "flow-warp grid: 2x/(W-1)-1 with align_corners=False (reference, half-pixel off) or exact"
-    )
-
-
-@dataclass
-class DFFCfg:
-    """`video_model_cfg.dff`: deep feature flow (``model_name: dff2``, ``ssp.md`` §4.1)."""
-
-    k_interval: int = opt(8, "inference: frame i of a clip is a keyframe when i mod k_interval == 0", min=1)
-    flow: Literal["raft_large", "raft_small", "dis", "farneback", "gt"] = opt(
-        "raft_large",
-        "flow to the previous frame: a RAFT network (trainable, local weights) or a frozen provider",
-        registry="flow provider",
-    )
-    flow_weights: str | None = opt(
-        None, "local RAFT weights; null = base_checkpoints/raft_large_C_T_V1-22a6c225.pth (or raft_small_...)"
-    )
-    flow_iters: int = opt(8, "RAFT refinement iterations inside the model", min=1)
-    flow_input_norm: Literal["minus1_1", "imagenet"] = opt(
-        "minus1_1", "RAFT input: [-1,1] as torchvision expects, or ImageNet-normalised"
-    )
-    train_flow: bool = opt(
-        True, "train the RAFT network with the segmentation loss (it is then saved with the model)"
-    )
-    flow_mode: Literal["bilinear", "nearest"] = opt(
-        "bilinear", "sampling when warping features along the flow"
-    )
-    max_key_offset: int = opt(
-        1,
-        "training: the key frame is d frames before the labelled one, d drawn in [1, max] (reference: 1)",
-        min=1,
-    )
-
-
-@dataclass
 class VideoModelCfg:
     """`video_model_cfg`: the video model and its temporal loss.
 
     The top-level keys are SSP's (the reference's names); every other method has its own section (``dff``, ...),
-    which may only be set when ``model_name`` is that method.
+    which may only be set when ``model_name`` is that method. The reference writes those methods' keys flat;
+    :attr:`ALIASES` lists these spellings, which the loader moves into the chosen method's section.
     """
 
-    model_name: Literal["base", "dff2", "per_frame"] = opt(
+    # Reference spelling (flat key) -> key of the method section of model_name (ssp.md 10.5).
+    ALIASES: ClassVar[dict[str, str]] = {
+        "train_flow": "train_flow",
+        "flow_iters": "flow_iters",
+        "k_interval": "k_interval",
+        "flow_mode": "flow_mode",
+        "tcb_module": "module",
+    }
+
+    model_name: Literal["base", "dff2", "per_frame", "netwarp", "tcb"] = opt(
         "base",
-        "base = SSP (semantic similarity propagation); dff2 = DFF; per_frame = the image model per frame",
+        "base = SSP (semantic similarity propagation); dff2 = DFF; per_frame = the image model per frame; "
+        "netwarp, tcb: planned (the config loads, building the model says not available yet)",
         registry="video model",
+        registry_extra=tuple(PLANNED_VIDEO_METHODS),
     )
     const_loss_lb: float = opt(
         0.0, "lambda, weight of the temporal-consistency loss (SSP configs: 0.5)", min=0
@@ -318,7 +256,8 @@ class VideoModelCfg:
     features_interp_mode: Literal["bilinear", "nearest"] = opt("bilinear", "sampling when warping features")
     k_registrator_model: Literal["disk", "orb", "sift", "akaze", "identity", "gt"] = opt(
         "disk",
-        "homography provider (gt = the synthetic set's true homographies)",
+        "homography provider of the model: streaming, and training unless data_cfg.opencv_homos (gt = the "
+        "synthetic set's true homographies)",
         registry="registration provider",
     )
     low_scale_homo: bool = opt(False, "legacy reference switch (inconsistent scaling); must stay false")
@@ -330,6 +269,12 @@ class VideoModelCfg:
     tc_loss: TCLossCfg = field(default_factory=TCLossCfg, metadata={"doc": "temporal-consistency loss"})
     dff: DFFCfg | None = field(
         default=None, metadata={"doc": "DFF settings (model_name: dff2)", "method": "dff2"}
+    )
+    netwarp: NetWarpCfg | None = field(
+        default=None, metadata={"doc": "NetWarp settings (model_name: netwarp)", "method": "netwarp"}
+    )
+    tcb: TCBCfg | None = field(
+        default=None, metadata={"doc": "TCB settings (model_name: tcb)", "method": "tcb"}
     )
 
     def __post_init__(self) -> None:
@@ -377,6 +322,15 @@ class VideoConfig(RunConfig):
     )
     image_model_cfg: ImageModelCfg = field(default_factory=ImageModelCfg, metadata={"doc": "image run"})
     video_model_cfg: VideoModelCfg = field(default_factory=VideoModelCfg, metadata={"doc": "video model"})
+
+    @property
+    def loader_registration_name(self) -> str | None:
+        """The provider the data loader registers training pairs with: ``data_cfg.opencv_model_type`` when
+        ``data_cfg.opencv_homos`` (the reference's key), else None (the model's ``k_registrator_model`` does).
+        ``gt`` (the synthetic set's true homographies) is served by the dataset whatever opencv_homos says."""
+        if self.data_cfg.opencv_homos and self.video_model_cfg.k_registrator_model != "gt":
+            return self.data_cfg.opencv_model_type
+        return None
 
 
 # Config kinds: the folder of their YAML files and their schema.

@@ -15,6 +15,7 @@ import numpy as np
 from data.photometric import (
     FrameOp,
     clahe_op,
+    gain_lut,
     gauss_op,
     hsv_op,
     iso_op,
@@ -36,6 +37,9 @@ from data.transforms import (
     translate_matrix,
 )
 
+# data_cfg.photometric: tcseg's photometry (contrast about mid-grey, brightness x 255) or the reference's
+PHOTOMETRIC_MODES = ("mid_grey", "reference")
+
 
 class VideoTrainAugment:
     """Video-training augmentation, ``ssp.md`` §7.8, one draw per clip. Steps:
@@ -48,6 +52,10 @@ class VideoTrainAugment:
        ``+ U(-brightness, brightness) * 255``, gamma ``U(gamma)``, then HSV shift: hue ``U(+-hue)`` in OpenCV
        8-bit hue units (0-179; 30 units = 60 degrees, albumentations' convention), saturation/value
        ``U(+-sat)``/``U(+-val)`` on the 0-255 scale. Same parameters for every frame.
+
+    ``photometric="reference"`` reproduces what the reference code does with the same draws (``ssp.md`` §7.8,
+    checked against albucore): contrast is a gain about 0 (``c x``, which also brightens or darkens), brightness
+    adds ``b`` grey levels, not ``b * 255`` (so +-0.2 is a no-op), and the order is contrast, HSV, gamma.
     """
 
     def __init__(
@@ -64,9 +72,15 @@ class VideoTrainAugment:
         sat: float = 20.0,
         val: float = 20.0,
         gamma: tuple[float, float] = (0.8, 1.2),
+        photometric: str = "mid_grey",
     ) -> None:
         if not scales or min(scales) < 1.0:
             raise ValueError(f"scales must be >= 1 (scale up, then crop back), got {tuple(scales)}")
+        if photometric not in PHOTOMETRIC_MODES:
+            raise ValueError(
+                f"photometric must be one of {', '.join(PHOTOMETRIC_MODES)}, got {photometric!r}"
+            )
+        self.photometric = photometric
         self.square_crop, self.p_flip, self.p_scale, self.scales = square_crop, p_flip, p_scale, tuple(scales)
         self.p_photometric, self.contrast, self.brightness = p_photometric, contrast, brightness
         self.hue, self.sat, self.val, self.gamma = hue, sat, val, gamma
@@ -93,9 +107,14 @@ class VideoTrainAugment:
         if rng.random() < self.p_photometric:
             c = 1.0 + uniform(rng, (-self.contrast, self.contrast))
             b = uniform(rng, (-self.brightness, self.brightness))
-            lut = tone_lut(c, b, uniform(rng, self.gamma))
+            g = uniform(rng, self.gamma)
             hsv = hsv_op(*(uniform(rng, (-r, r)) for r in (self.hue, self.sat, self.val)))
-            out = map_frames(out, lambda img, r: hsv(cv2.LUT(img, lut), r), rng)
+            if self.photometric == "reference":
+                gain, gam = gain_lut(c, b), tone_lut(gamma=g)
+                out = map_frames(out, lambda img, r: cv2.LUT(hsv(cv2.LUT(img, gain), r), gam), rng)
+            else:
+                lut = tone_lut(c, b, g)
+                out = map_frames(out, lambda img, r: hsv(cv2.LUT(img, lut), r), rng)
         return out, m
 
 

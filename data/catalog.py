@@ -30,7 +30,9 @@ class DatasetInfo:
     palette: tuple[RGB, ...]  # display colour per training id
     default_root: str  # relative to the repository root, overridden by data_cfg.path
     fps: float  # frame rate of the prepared clips (GIF/MP4 speed)
-    prepare_hint: str  # the command that prepares the dataset
+    # the command that prepares the dataset in default_root; "{root}" stands for the folder when the command
+    # writes any folder (the generator), otherwise the folder is set with --datasets-dir (see prepare_hint)
+    prepare_command: str
     # raw source colour -> raw mask value, for datasets whose source labels are RGB images
     source_colors: dict[RGB, int] = field(default_factory=dict)
     # source label id -> training id, for datasets whose source labels are id images (Cityscapes)
@@ -44,16 +46,39 @@ class DatasetInfo:
     def ignore_index(self) -> int:
         return IGNORE_INDEX
 
+    def prepare_hint(self, root: str | Path | None = None) -> str:
+        """How to prepare this dataset in ``root`` (default ``default_root``), for messages: a command in backticks.
+
+        Messages must name the folder the user configured (``data_cfg.path``), not the default one. The generator
+        writes any folder (``--force`` when one is there already, since it leaves an existing set alone
+        otherwise); the real-data preparation writes ``<datasets-dir>/<default folder name>``, so a folder of
+        another name gets a note saying where the data will land.
+        """
+        default = Path(self.default_root)
+        root = default if root is None else Path(root)
+        if "{root}" in self.prepare_command:
+            replace = " --force" if root.is_dir() and any(root.iterdir()) else ""
+            return f"`{self.prepare_command.format(root=root)}{replace}`"
+        if root == default or root.resolve() == default.resolve():
+            return f"`{self.prepare_command}`"
+        command = f"`{self.prepare_command} --datasets-dir {root.parent}`"
+        if root.name == default.name:
+            return command
+        return f"{command} (it writes {root.parent / default.name}: set data_cfg.path to that folder)"
+
     def palette_array(self) -> np.ndarray:
         """(256, 3) uint8 RGB lookup table: training id -> colour; ignore (255) is black."""
         lut = np.zeros((256, 3), np.uint8)
         lut[: self.num_classes] = np.asarray(self.palette, np.uint8)
         return lut
 
-    def mask_to_train_ids(self, raw: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+    def mask_to_train_ids(
+        self, raw: np.ndarray, path: str | Path = "<array>", root: str | Path | None = None
+    ) -> np.ndarray:
         """Raw prepared mask (H, W) uint8 -> training ids (H, W) uint8, 255 = ignore.
 
-        Raises :class:`DataError` naming ``path`` when a value lies outside 0 .. num_classes.
+        Raises :class:`DataError` naming ``path`` (and how to prepare the dataset in ``root``) when a value lies
+        outside 0 .. num_classes.
         """
         if raw.ndim != 2:
             raise DataError(f"{path}: a mask must be a single-channel image, got shape {raw.shape}")
@@ -62,7 +87,8 @@ class DatasetInfo:
             values = sorted(int(v) for v in np.unique(raw[bad]))[:5]
             raise DataError(
                 f"{path}: label values {values} are outside the {self.name} class table "
-                f"(0 = ignore, 1..{self.num_classes} = classes); re-run the preparation ({self.prepare_hint})"
+                f"(0 = ignore, 1..{self.num_classes} = classes); "
+                f"re-run the preparation ({self.prepare_hint(root)})"
             )
         out = raw.astype(np.int16) - 1
         out[raw == 0] = IGNORE_INDEX
@@ -97,7 +123,7 @@ UAVID = DatasetInfo(
     palette=_VDD_PALETTE,
     default_root="datasets/UAVid",
     fps=20.0,
-    prepare_hint="bash process_dataset.sh --only uavid",
+    prepare_command="bash process_dataset.sh --only uavid",
     # UAVid RGB label colour -> raw value. Water (6) and roof (8) come from the VDD overlay, not from UAVid.
     source_colors={
         (0, 0, 0): 0,  # clutter -> ignore
@@ -135,7 +161,7 @@ RURALSCAPES = DatasetInfo(
     palette=_RURAL_PALETTE,
     default_root="datasets/ruralscapes",
     fps=10.0,
-    prepare_hint="bash process_dataset.sh --only ruralscapes",
+    prepare_command="bash process_dataset.sh --only ruralscapes",
     # RuralScapes labels use the display colours; black is unlabeled.
     source_colors={(0, 0, 0): 0, **{c: i + 1 for i, c in enumerate(_RURAL_PALETTE)}},
 )
@@ -169,7 +195,7 @@ CITYSCAPES = DatasetInfo(
     palette=tuple(r[3] for r in _CITYSCAPES_TRAIN),
     default_root="datasets/cityscapes",
     fps=17.0,
-    prepare_hint="bash process_dataset.sh --only cityscapes",
+    prepare_command="bash process_dataset.sh --only cityscapes",
     # Cityscapes label ids 0..33 (and -1, license plate); every id not listed is ignored.
     source_ids={r[0]: r[1] for r in _CITYSCAPES_TRAIN},
 )
@@ -180,7 +206,7 @@ SYNTHETIC = DatasetInfo(
     palette=_VDD_PALETTE,
     default_root="datasets/synthetic",
     fps=10.0,
-    prepare_hint="python -m data.synthetic --out datasets/synthetic",
+    prepare_command="python -m data.synthetic --out {root}",
 )
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (UAVID, RURALSCAPES, CITYSCAPES, SYNTHETIC)}

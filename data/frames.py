@@ -78,6 +78,16 @@ def dataset_root(dataset: str, path: str | None) -> Path:
     return Path(path) if path else Path(get_dataset_info(dataset).default_root)
 
 
+def more_samples_hint(dataset: str, path: str | None, samples: int) -> str:
+    """``, or generate ...``: how the dataset itself can give ``samples`` training samples, for messages that
+    suggest a smaller batch first. Empty for a real dataset: it has the labelled frames it has."""
+    if get_dataset_info(dataset).name != "synthetic":
+        return ""
+    from data.synthetic.generate import more_clips_command  # generator only when needed
+
+    return f", or generate more clips with `{more_clips_command(dataset_root(dataset, path), samples)}`"
+
+
 def ensure_dataset(dataset: str, path: str | None, size_hw: tuple[int, int], generate: bool = True) -> Path:
     """Return the root of a prepared dataset; the synthetic set is generated on demand at ``size_hw``.
 
@@ -91,7 +101,7 @@ def ensure_dataset(dataset: str, path: str | None, size_hw: tuple[int, int], gen
         return ensure_synthetic(root, SyntheticParams(height=size_hw[0], width=size_hw[1]))
     if not root.is_dir():
         raise DataError(
-            f"dataset folder {root} not found: prepare it with `{info.prepare_hint}` "
+            f"dataset folder {root} not found: prepare it with {info.prepare_hint(root)} "
             f"(README, 'Real datasets') or set data_cfg.path"
         )
     return root
@@ -104,11 +114,11 @@ def read_split(root: Path, split: str, info: DatasetInfo, min_len: int = 0) -> l
     listing = root / f"{split}.txt"
     if not listing.is_file():
         extra = " (the preparation writes train.txt and val.txt only)" if split == "test" else ""
-        raise DataError(f"{listing} not found{extra}: prepare the dataset with `{info.prepare_hint}`")
+        raise DataError(f"{listing} not found{extra}: prepare the dataset with {info.prepare_hint(root)}")
     names = list(dict.fromkeys(line.strip() for line in listing.read_text().splitlines() if line.strip()))
     clips = [read_clip(root / "data" / name, name, info) for name in names]
     if not clips:
-        raise DataError(f"{listing} lists no clips: re-run the preparation (`{info.prepare_hint}`)")
+        raise DataError(f"{listing} lists no clips: re-run the preparation ({info.prepare_hint(root)})")
     return [c for c in clips if len(c) >= min_len]
 
 
@@ -123,16 +133,19 @@ def open_split(dcfg: Any, split: str, min_len: int = 0) -> tuple[Path, DatasetIn
 def read_clip(clip_dir: Path, name: str, info: DatasetInfo) -> Clip:
     """Index one clip folder: its frames and which of them have masks."""
     origin = clip_dir / "origin"
+    root = clip_dir.parent.parent  # <root>/data/<clip>
     if not origin.is_dir():
-        raise DataError(f"{origin} not found: the clip is listed but missing; re-run `{info.prepare_hint}`")
+        raise DataError(
+            f"{origin} not found: the clip is listed but missing; re-run {info.prepare_hint(root)}"
+        )
     frames = tuple(sorted(origin.glob("*.png")) + sorted(origin.glob("*.jpg")))
     if not frames:
-        raise DataError(f"{origin} holds no frames (*.png): re-run `{info.prepare_hint}`")
+        raise DataError(f"{origin} holds no frames (*.png): re-run {info.prepare_hint(root)}")
     index = {p.stem: i for i, p in enumerate(frames)}
     masks: dict[int, Path] = {}
     for mask in sorted((clip_dir / "mask").glob("*.png")):
         if mask.stem not in index:
-            raise DataError(f"{mask} has no matching frame in {origin}: re-run `{info.prepare_hint}`")
+            raise DataError(f"{mask} has no matching frame in {origin}: re-run {info.prepare_hint(root)}")
         masks[index[mask.stem]] = mask
     return Clip(name=name, frames=frames, masks=masks)
 
@@ -147,16 +160,20 @@ def read_frame(path: Path) -> np.ndarray:
 
 def read_mask(path: Path, info: DatasetInfo) -> np.ndarray:
     """A prepared mask as training ids (H, W) uint8, 255 = ignore; bad values raise naming the file."""
+    parents = Path(path).parents  # <root>/data/<clip>/mask/<stem>.png
+    root = parents[3] if len(parents) > 3 else None
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise DataError(f"{path}: cannot read the mask (missing or corrupt); re-run `{info.prepare_hint}`")
+        raise DataError(
+            f"{path}: cannot read the mask (missing or corrupt); re-run {info.prepare_hint(root)}"
+        )
     if raw.ndim == 3:
         raise DataError(
-            f"{path}: masks must be single-channel id images, not colour; re-run `{info.prepare_hint}`"
+            f"{path}: masks must be single-channel id images, not colour; re-run {info.prepare_hint(root)}"
         )
     if raw.dtype != np.uint8:
-        raise DataError(f"{path}: masks must be 8-bit, got {raw.dtype}; re-run `{info.prepare_hint}`")
-    return info.mask_to_train_ids(raw, path)
+        raise DataError(f"{path}: masks must be 8-bit, got {raw.dtype}; re-run {info.prepare_hint(root)}")
+    return info.mask_to_train_ids(raw, path, root)
 
 
 def frame_sampling(n_frames: int, skip: int) -> list[int]:

@@ -22,6 +22,13 @@ def tone_lut(contrast: float = 1.0, brightness: float = 0.0, gamma: float = 1.0)
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)
 
 
+def gain_lut(alpha: float, beta: float) -> np.ndarray:
+    """256-entry uint8 LUT ``alpha * x + beta`` (clipped, rounded): the reference's ``multiply_add`` on uint8, a
+    contrast gain about 0 (not mid-grey) and an offset in grey levels (``ssp.md`` §7.8)."""
+    y = np.clip(np.arange(256.0) * alpha + beta, 0.0, 255.0)
+    return np.rint(y).astype(np.uint8)
+
+
 def lut_op(lut: np.ndarray) -> FrameOp:
     return lambda img, rng: cv2.LUT(img, lut)
 

@@ -29,17 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from config.cli import CliParser
 from config.errors import ConfigError, run_cli
+from config.files import atomic_write_text, check_writable
 from data.frames import FramePair, open_split, read_frame
 from data.transforms import resize_frame, to_tensor
 from eval.evaluate import autocast, device_name, resolve_device, software
+from eval.vis.outputs import RUN_FOLDER_FIX
 from models.runs import load_streaming_model, locate_run
 from models.video.base import StepSide, VideoModel, no_timer
 from models.video.per_frame import PerFrame
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m eval.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="run folder name (in --save-dir) or path")
     p.add_argument("--save-dir", default="checkpoints")
     p.add_argument("--height", type=int, default=None, help="input height (default: the run's crop_size)")
@@ -64,11 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The part of a frame's time that no stage of the method's ``step`` covers (input transfer, bookkeeping).
+OTHER_STAGE = "other"
+
+
 class StageTimer:
-    """Accumulates per-stage milliseconds for one frame; ``timer(name)`` is the context manager models accept."""
+    """Accumulates per-stage milliseconds; ``timer(name)`` is the context manager models accept.
+
+    Times are exclusive: a stage opened inside another is subtracted from the outer one, so the stages never
+    count the same millisecond twice and, with :data:`OTHER_STAGE`, add up to the frame time of the pass.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.ms = device, {}
+        self._open: list[float] = []  # per open stage: milliseconds spent in the stages nested in it
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -76,10 +88,24 @@ class StageTimer:
         if cuda:
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        yield
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+        self._open.append(0.0)
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            nested = self._open.pop()
+            if self._open:
+                self._open[-1] += elapsed
+            self.ms[name] = self.ms.get(name, 0.0) + elapsed - nested
+
+
+def stage_split(stage_ms: dict[str, float], frame_ms: float) -> dict[str, float]:
+    """Per-frame stage times plus :data:`OTHER_STAGE`, the rest of ``frame_ms``: a split that sums to it."""
+    out = dict(stage_ms)
+    out[OTHER_STAGE] = max(0.0, frame_ms - sum(stage_ms.values()))
+    return out
 
 
 def _frames(
@@ -171,18 +197,21 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.frames < 1 or args.runs < 1 or args.warmup < 0:
         raise ConfigError("--frames and --runs must be at least 1, --warmup at least 0")
+    if any(v is not None and v < 1 for v in (args.height, args.width)):
+        raise ConfigError(f"--height {args.height} --width {args.width}: sizes must be at least 1 pixel")
     device = resolve_device(args.device)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     run = locate_run(args.run, args.save_dir)
+    check_writable(run / "benchmark", fix=RUN_FOLDER_FIX)  # now, not after minutes of timing
     # Never an on-disk cache of a helper's results: a benchmark times the estimate itself, not reading it back.
     model, cfg, meta = load_streaming_model(run, args.best_model, use_caches=False, overrides=args.set)
     kind = meta.get("kind")
     model.to(device).eval()
-    h = args.height or cfg.data_cfg.crop_size[0]
-    w = args.width or cfg.data_cfg.crop_size[1]
+    h = cfg.data_cfg.crop_size[0] if args.height is None else args.height
+    w = cfg.data_cfg.crop_size[1] if args.width is None else args.width
     model.image_model.check_input_size(h, w)
     raw = _frames(cfg, args.split, (h, w), max(args.frames, 50))
     frames = [(to_tensor([f]).to(device), pair) for f, pair in raw]
@@ -203,10 +232,14 @@ def main(argv: list[str] | None = None) -> dict:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 timer = StageTimer(device)
-                _time_frames(step, frames, n_stage, 0, device, timer)
+                stage_pass = _time_frames(step, frames, n_stage, 0, device, timer)
                 entry = summarise_runs(runs[name])
-                entry["stages_ms"] = {k: round(v / n_stage, 3) for k, v in timer.ms.items()}
-                entry["stage_sum_ms"] = round(sum(entry["stages_ms"].values()), 3)
+                pass_ms = sum(stage_pass) / n_stage
+                split = stage_split({k: v / n_stage for k, v in timer.ms.items()}, pass_ms)
+                entry["stages_ms"] = {k: round(v, 3) for k, v in split.items()}
+                entry["stage_sum_ms"] = round(
+                    pass_ms, 3
+                )  # the stage pass's frame time, which the split adds up to
                 entry["peak_memory_mb"] = (
                     round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda"
                     else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -231,8 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     }  # fmt: skip
     suffix = f"_t{args.threads}" if args.threads is not None else ""
     out = run / "benchmark" / f"{device.type}_{h}x{w}_{args.precision}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write_text(out, json.dumps(report, indent=1), fix=RUN_FOLDER_FIX)
     print(format_report(report))
     print(f"written to {out}")
     return report
@@ -269,15 +301,16 @@ def format_report(report: dict) -> str:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in e["stages_ms"].items())
         lines.append(f"  {key:<16}{e['fps']:>8.2f}{e['mean_ms']:>10.2f}{e['median_ms']:>9.2f}{e['p90_ms']:>9.2f}"
                      f"{100 * e['run_spread']:>7.1f}%{e['peak_memory_mb']:>10.0f}  {stages}"
-                     f" (sum {e['stage_sum_ms']:.2f})")  # fmt: skip
+                     f" (= {e['stage_sum_ms']:.2f} per frame)")  # fmt: skip
         if e["noisy"]:
             warnings.append(
                 f"  warning: {key}: the timed runs differ by {100 * e['run_spread']:.0f} % (> "
                 f"{100 * SPREAD_WARNING:.0f} %): noise, not a speed difference; rerun on a quieter machine"
             )
     lines.append(
-        "  FPS and mean ms: the median of the timed runs; stages come from a separate pass with a (synchronising) "
-        "timer around each, so their sum can exceed the mean"
+        "  FPS and mean ms: the median of the timed runs. Stages: a separate pass with a (synchronising) timer "
+        f"around each, split exclusively ('{OTHER_STAGE}' = outside every stage): they add up to that pass's frame "
+        "time, which the timers make a little slower than the mean"
     )
     lines += warnings
     for key, v in report["results"].items():

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from config.schema import ModelCfg, VideoConfig
+from config.errors import ConfigError
+from config.schema import PLANNED_VIDEO_METHODS, UPERNET_CONVNEXT_IDS, ModelCfg, VideoConfig
 from models.image.segmentor import Segmentor, build_segmentor
 from models.registry import VIDEO_MODELS
 
@@ -15,9 +16,15 @@ _DEFAULT_BACKBONE = {"upernet": "resnet18", "fcn8s": "vgg16", "swiftnet": "resne
 
 
 def image_model_parts(mcfg: ModelCfg) -> tuple[str, str]:
-    """(backbone name, head name) for a ``model_cfg``."""
+    """(backbone name, head name) for a ``model_cfg`` built from registered parts (every arch but segformer).
+
+    ``upernet`` with an ``openmmlab/upernet-convnext-*`` id is tcseg's UperNet on timm's ConvNeXt of that size
+    (the reference loads Hugging Face's UperNet; ``ssp.md`` §2.4).
+    """
     if mcfg.model_architecture == "hierasam_upernet":
         return f"sam2_hiera_{mcfg.checkpoint_model}", "upernet"
+    if mcfg.model_architecture == "upernet" and mcfg.checkpoint_model in UPERNET_CONVNEXT_IDS:
+        return UPERNET_CONVNEXT_IDS[mcfg.checkpoint_model], "upernet"
     return mcfg.backbone or _DEFAULT_BACKBONE[mcfg.model_architecture], mcfg.model_architecture
 
 
@@ -26,7 +33,16 @@ def build_image_model(mcfg: ModelCfg, num_classes: int, load_backbone_weights: b
 
     ``load_backbone_weights=False`` skips ``pretrained_backbone`` (used when a tcseg checkpoint is loaded
     right after, so the original SAM2/ImageNet file need not be present on the evaluating machine).
+    ``segformer`` goes through the optional ``transformers`` package (:mod:`models.image.segformer`).
     """
+    if mcfg.model_architecture == "segformer":
+        from models.image.segformer import build_segformer  # transformers is optional: imported on use
+
+        folder = mcfg.pretrained_backbone if load_backbone_weights else None
+        model = build_segformer(mcfg.checkpoint_model, num_classes, folder=folder, upsampling=mcfg.upsampling)
+        if mcfg.frozen_encoder:
+            model.backbone.requires_grad_(False)
+        return model
     backbone, head = image_model_parts(mcfg)
     model = build_segmentor(
         backbone,
@@ -55,5 +71,11 @@ def build_video_model(
     ``pretrained=False``: a checkpoint's state dict is loaded right after, so trainable parts need not read their
     initial weights from local files. ``use_caches=False``: helpers never read on-disk caches of their results.
     """
-    builder = VIDEO_MODELS.get(cfg.video_model_cfg.model_name)
+    name = cfg.video_model_cfg.model_name
+    if name in PLANNED_VIDEO_METHODS and name not in VIDEO_MODELS:
+        raise ConfigError(
+            f"video_model_cfg.model_name: '{name}' ({PLANNED_VIDEO_METHODS[name]}) is planned but not available "
+            f"yet; available: {', '.join(VIDEO_MODELS.names())}"
+        )
+    builder = VIDEO_MODELS.get(name)
     return builder(cfg, image_model, device=device, pretrained=pretrained, use_caches=use_caches)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from config.errors import CheckpointError
-from config.loader import check_layer, from_dict, merge_layers, parse_overrides
+from config.loader import check_layer, from_dict, merge_layers, parse_overrides, resolve_aliases
 from config.schema import KINDS, ImageModelCfg
 from data.catalog import get_dataset_info
 from models.build import build_image_model, build_video_model
@@ -94,10 +94,10 @@ def architecture_of(config: Any, kind: Any) -> str:
         return "a state dict"
     if kind == "image" or "model_cfg" in config:
         m = config.get("model_cfg", {})
-        arch = m.get("model_architecture", "?")
-        backbone = (
-            f"sam2_hiera_{m.get('checkpoint_model')}" if arch == "hierasam_upernet" else m.get("backbone")
-        )
+        arch, ckpt = m.get("model_architecture", "?"), str(m.get("checkpoint_model"))
+        backbone = f"sam2_hiera_{ckpt}" if arch == "hierasam_upernet" else m.get("backbone")
+        if backbone is None and "/" in ckpt:  # a Hugging Face id (upernet-convnext-*, nvidia/mit-*)
+            backbone = ckpt
         return f"image model {arch} on {backbone or 'its default backbone'}"
     return f"video model {config.get('video_model_cfg', {}).get('model_name', '?')}"
 
@@ -179,7 +179,9 @@ def _video_from(
 ) -> tuple[VideoModel, Any, dict]:  # fmt: skip
     stored = ckpt["config"]
     if overrides:
-        stored = merge_layers(stored, check_layer(parse_overrides(overrides), KINDS["video"]))
+        layer = check_layer(parse_overrides(overrides), KINDS["video"])
+        # reference spellings (video_model_cfg.k_interval) override the stored section key they stand for
+        stored = merge_layers(stored, resolve_aliases(layer, KINDS["video"], merge_layers(stored, layer)))
     cfg = from_dict(stored, "video")
     image_cfg = from_dict(ckpt["image_config"], "image")
     info = get_dataset_info(cfg.data_cfg.dataset)

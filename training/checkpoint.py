@@ -2,7 +2,8 @@
 
 Run folder: ``<save_dir>/<YYYY-MM-DD_HH-MM-SS>[_<n>]/`` (never reused: a suffix is added when two runs start in
 the same second). Checkpoints are written to a temporary file in the same folder and renamed over the old one,
-so a run killed while saving still has its previous ``last.pth``. Reading lives in :mod:`models.runs`.
+so a run killed while saving still has its previous ``last.pth``. The process training a run holds its ``.lock``
+(:func:`lock_run`), so a second one cannot write into it. Reading lives in :mod:`models.runs`.
 """
 
 from __future__ import annotations
@@ -11,41 +12,93 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
 
-from config.errors import CheckpointError
+from config.errors import CheckpointError, OutputError, writing
+from config.files import acquire_lock, atomic_path, lock_holder
 from config.loader import to_dict
 from models.runs import read_checkpoint, weights_for_init
 
+# What a user can do when the run folder cannot be written (read-only save_dir, full disk).
+SAVE_FIX = "set save_dir to another folder"
+LOCK_NAME = ".lock"  # in a run folder: held by the process training the run
+
 
 def new_run_dir(save_dir: str | Path) -> Path:
-    """Create and return a fresh, unique run folder under ``save_dir``."""
+    """Create and return a fresh, unique run folder under ``save_dir`` (a read-only or full one: one line)."""
     root = Path(save_dir)
-    root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    for n in range(1000):
-        run = root / (stamp if n == 0 else f"{stamp}_{n}")
-        try:
-            run.mkdir()  # atomic: fails if another process took the name
-            return run
-        except FileExistsError:
-            continue
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"save_dir {root} is a file, not a folder; {SAVE_FIX}")
+    with writing(root / stamp, fix=SAVE_FIX):
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):
+            run = root / (stamp if n == 0 else f"{stamp}_{n}")
+            try:
+                run.mkdir()  # atomic: fails if another process took the name
+                return run
+            except FileExistsError:
+                continue
     raise RuntimeError(f"could not create a unique run folder in {root}")
 
 
+def lock_run(run: Path) -> int:
+    """Make this process the one writer of ``run`` until it ends (or :func:`~config.files.release_lock`): two
+    processes training the same run would overwrite each other's checkpoints. Returns the lock's descriptor."""
+    fd = acquire_lock(run / LOCK_NAME, fix=SAVE_FIX)
+    if fd is None:
+        raise OutputError(
+            f"run {run.name} is in use by process {lock_holder(run / LOCK_NAME)}; wait for it or stop it"
+        )
+    return fd
+
+
+class _WriteRecorder:
+    """A file for ``torch.save`` that keeps the OS error of a failed write: torch replaces it with a RuntimeError
+    ("unexpected pos", "PytorchStreamWriter failed writing file") that has lost the cause (e.g. a full disk)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples): about the size of its checkpoint file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+    """``torch.save`` to a unique temporary file, fsync, then rename over ``path``; the temporary file is removed
+    if anything fails, and a read-only folder or a full disk is one line with the space needed."""
+    with atomic_path(path, need=_tensor_bytes(obj), fix=SAVE_FIX) as tmp, open(tmp, "wb") as fh:
+        out = _WriteRecorder(fh)
+        try:
+            torch.save(obj, out)
+        except RuntimeError as err:
+            if out.error is not None:
+                raise out.error from err
+            raise
         fh.flush()
         os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: Any, kind: str, **extra: Any) -> None:

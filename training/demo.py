@@ -11,11 +11,11 @@ On the embedded synthetic aerial video set (generated on first use):
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from config.cli import CliParser
 from config.errors import run_cli
 from config.loader import load
 from data.frames import ensure_dataset
@@ -31,7 +31,7 @@ def _tc(metrics: dict, name: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m training.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--image", action="append", default=[], metavar="KEY=VALUE",
                    help="override for base_synthetic (repeatable), e.g. --image training_cfg.num_epochs=2")  # fmt: skip
     p.add_argument("--video", action="append", default=[], metavar="KEY=VALUE",

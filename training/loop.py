@@ -27,14 +27,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from config.errors import ConfigError, UserError
+from config.errors import ConfigError, UserError, writing
+from config.files import atomic_write_text
 from config.loader import dump
 from data.catalog import DatasetInfo
+from data.frames import more_samples_hint
 from data.image_dataset import worker_init
 from eval.evaluate import amp_dtype, autocast, device_name
 from eval.metrics import ConfusionMatrix
 from training import distributed as D
-from training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from training.checkpoint import SAVE_FIX, rng_state, save_checkpoint, set_rng_state
 from training.optim import LRSchedule, build_optimizer
 
 # step_fn(model, batch) -> (loss, named parts); the batch is what the loader collates (a dict or a VideoBatch)
@@ -56,6 +58,24 @@ def epoch_indices(n: int, seed: int, epoch: int, per_step: int) -> list[int]:
     world = D.world_size()
     usable = (n // (per_step * world)) * per_step * world  # every rank gets the same number of whole steps
     return perm[:usable][D.rank() :: world]
+
+
+def _too_few_samples(cfg: Any, samples: int) -> str:
+    """The message when one optimizer step needs more samples than the train split has: the largest batch size
+    that fits, and (synthetic set) the generator command that makes enough."""
+    tcfg, dcfg = cfg.training_cfg, cfg.data_cfg
+    per_batch = tcfg.grad_accum_steps * D.world_size()  # samples one step takes per unit of batch size
+    need = tcfg.batch_size * per_batch
+    fix = (
+        f"set training_cfg.batch_size <= {samples // per_batch}"
+        if samples >= per_batch
+        else "lower training_cfg.grad_accum_steps or the number of processes"
+    )
+    return (
+        f"training_cfg.batch_size: one step needs {need} samples (batch {tcfg.batch_size} x accumulation "
+        f"{tcfg.grad_accum_steps} x {D.world_size()} processes) but the train split has {samples}; "
+        f"{fix}{more_samples_hint(dcfg.dataset, dcfg.path, need)}"
+    )
 
 
 def fit(
@@ -84,10 +104,7 @@ def fit(
     per_step = tcfg.batch_size * tcfg.grad_accum_steps
     full_steps = len(train_set) // (per_step * D.world_size())
     if full_steps == 0:
-        raise ConfigError(
-            f"training_cfg.batch_size: one step needs {per_step * D.world_size()} samples "
-            f"(batch x accumulation x processes) but the train split has {len(train_set)}; lower the batch size"
-        )
+        raise ConfigError(_too_few_samples(cfg, len(train_set)))
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if has_bn and tcfg.batch_size < 2:
         raise ConfigError(
@@ -233,10 +250,8 @@ def _tensorboard_epoch(writer: Any, entry: dict, panels: list[np.ndarray], info:
 
 
 def _write_metrics(run: Path, history: list[dict], device: str, run_info: dict) -> None:
-    tmp = run / ".metrics.json.tmp"
     info = {"device": device, "world_size": D.world_size(), **run_info, "epochs": history}
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(run / "metrics.json")
+    atomic_write_text(run / "metrics.json", json.dumps(info, indent=1), fix=SAVE_FIX)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -256,7 +271,7 @@ def _log_epoch(run: Path, entry: dict, info: DatasetInfo, improved: bool) -> Non
         parts.append("(best)" if improved else "")
     line = "  ".join(p for p in parts if p)
     tqdm.write(line)
-    with open(run / "log.txt", "a") as fh:
+    with writing(run / "log.txt", fix=SAVE_FIX), open(run / "log.txt", "a") as fh:
         fh.write(line + "\n")
         if "val" in entry:
             ious = ", ".join(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from config.cli import CliParser
 from config.errors import ConfigError, run_cli
 from config.loader import to_dict
 from data.augment import ImageTrainAugment
@@ -27,7 +28,7 @@ from training.steps import image_step
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train_image", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m training.train_image", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="config name in config/image/ or a path to a YAML file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training_cfg.lr=1.0e-4")
     return p
@@ -36,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     """Train; return the run folder (a new run that fails before its first checkpoint is removed again)."""
     args = build_parser().parse_args(argv)
-    setup = start_run(args.config, args.overrides, "image")
-    with clean_up_failed_start(setup):
-        return train(setup)
+    with D.end_together():  # under torchrun, a user error ends every rank with exit code 2, printed once
+        setup = start_run(args.config, args.overrides, "image")
+        with clean_up_failed_start(setup):
+            return train(setup)
 
 
 def train(setup: RunSetup) -> Path:
@@ -62,6 +64,11 @@ def train(setup: RunSetup) -> Path:
     if dcfg.soft_labels or dcfg.logit_distillation or dcfg.labeled_frames_per_vid is not None:
         raise ConfigError(
             "data_cfg: soft_labels / logit_distillation / labeled_frames_per_vid are not supported yet"
+        )
+    if dcfg.photometric != "mid_grey":
+        # The reference's image pipeline (albumentations) has no photometric defect to reproduce (ssp.md 7.9).
+        raise ConfigError(
+            "data_cfg.photometric: reference applies to video training only (ssp.md 7.8); remove it"
         )
 
     with D.main_first():

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from config.cli import CliParser
 from config.errors import ConfigError, run_cli
 from config.loader import save, to_dict
 from data.augment import VideoTrainAugment
@@ -33,7 +34,7 @@ from training.steps import VIDEO_STEPS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train_video", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m training.train_video", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="config name in config/video/ or a path to a YAML file")
     p.add_argument(
         "overrides", nargs="*", help="section.key=value overrides, e.g. video_model_cfg.const_loss_lb=0.2"
@@ -53,9 +54,10 @@ def _check_supported(cfg: Any) -> None:
 def main(argv: list[str] | None = None) -> Path:
     """Train; return the run folder (a new run that fails before its first checkpoint is removed again)."""
     args = build_parser().parse_args(argv)
-    setup = start_run(args.config, args.overrides, "video")
-    with clean_up_failed_start(setup):
-        return train(setup)
+    with D.end_together():  # under torchrun, a user error ends every rank with exit code 2, printed once
+        setup = start_run(args.config, args.overrides, "video")
+        with clean_up_failed_start(setup):
+            return train(setup)
 
 
 def train(setup: RunSetup) -> Path:
@@ -94,7 +96,8 @@ def train(setup: RunSetup) -> Path:
               f"{trainable / 1e6:.3f} M trainable parameters")  # fmt: skip
         print(f"== video model: {model.describe()}; training step: {step.describe()}")
 
-    augment = VideoTrainAugment(square_crop=dcfg.square_crop) if dcfg.data_augmentation else None
+    augment = (VideoTrainAugment(square_crop=dcfg.square_crop, photometric=dcfg.photometric)
+               if dcfg.data_augmentation else None)  # fmt: skip
     common = dict(edge_policy=dcfg.edge_policy, square_crop=dcfg.square_crop)
     train_set = video_samples(train_clips, info, size, needs, train=True, augment=augment,
                               skip=dcfg.train_skip_frames, seed=tcfg.seed, **common)  # fmt: skip

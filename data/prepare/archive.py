@@ -30,6 +30,12 @@ class PrepareError(DataError):
     prefix = "prepare error"
 
 
+class DamagedArchive(PrepareError):
+    """An archive that cannot be read to its end (truncated, corrupt, not an archive at all): re-download it.
+
+    Its own class because a converter may add what is known about its download (not for an unsafe archive)."""
+
+
 def _member_target(dest: Path, name: str, archive: Path) -> Path:
     """Where member ``name`` goes; a name that would land outside ``dest`` is a :class:`PrepareError`."""
     clean = name.replace("\\", "/")
@@ -89,7 +95,7 @@ def safe_extract(archive: Path, dest: Path, *, members: Callable[[str], bool] | 
     Every member must resolve inside ``dest``, and links and device files are refused (a :class:`PrepareError`
     naming the member; for zips this is checked before anything is written). ``members(name)`` selects what is
     extracted; macOS ``__MACOSX/`` entries never are. A member already present with the right size is skipped,
-    so an interrupted extraction resumes. A corrupt or truncated archive is a :class:`PrepareError` that says to
+    so an interrupted extraction resumes. A corrupt or truncated archive is a :class:`DamagedArchive` that says to
     re-download it.
     """
     archive, dest = Path(archive), Path(dest)
@@ -108,16 +114,16 @@ def safe_extract(archive: Path, dest: Path, *, members: Callable[[str], bool] | 
             with tarfile.open(archive, "r:*") as tf:
                 _extract_all(_tar_members(tf, archive), dest, archive, wanted, progress)
         else:
-            raise PrepareError(damaged % "neither a zip nor a tar file")
+            raise DamagedArchive(damaged % "neither a zip nor a tar file")
     except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as err:
-        raise PrepareError(damaged % str(err).strip().rstrip(".")) from err
+        raise DamagedArchive(damaged % str(err).strip().rstrip(".")) from err
     except NotImplementedError as err:  # e.g. Deflate64, which Windows writes for very large zips
         raise PrepareError(
             f"{archive}: {err}; unpack it with 7-Zip and re-pack it as a plain zip, then run again"
         ) from err
     except OSError as err:
         if err.errno is None:  # gzip.BadGzipFile and friends: damaged data, not a file-system problem
-            raise PrepareError(damaged % str(err).strip().rstrip(".")) from err
+            raise DamagedArchive(damaged % str(err).strip().rstrip(".")) from err
         raise PrepareError(f"{archive}: cannot extract into {dest}: {err.strerror} ({err.filename})") from err
     return given
 

@@ -3,9 +3,10 @@
 For each selected converter: find its archives in ``datasets/`` by their official names (``--archive KEY=PATH``
 wins), then build the dataset in ``datasets/.<Folder>.partial/`` (``work/`` for extracted files, ``out/`` for the
 layout), write ``prepare_report.json``, rename ``out/`` to ``datasets/<Folder>`` and delete the staging folder.
-An interrupted run leaves the staging folder, and running the same command again resumes it. A dataset already
-prepared from the same inputs (archive names, sizes and times, ``--resize``, converter version) is left alone;
-a folder that is not a complete dataset of ours is never touched. The archives are only read.
+An interrupted run leaves the staging folder, and running the same command again resumes it; a refused one
+(an unsafe, wrong or damaged archive) removes it, lock included. A dataset already prepared from the same inputs
+(archive names, sizes and times, ``--resize``, converter version) is left alone; a folder that is not a complete
+dataset of ours is never touched. The archives are only read.
 
 ``python -m data.prepare verify ROOT`` re-checks a prepared dataset (see :mod:`data.prepare.verify`).
 """
@@ -13,7 +14,6 @@ a folder that is not a complete dataset of ours is never touched. The archives a
 from __future__ import annotations
 
 import argparse
-import fcntl
 import fnmatch
 import json
 import os
@@ -24,7 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from config.cli import CliParser
 from config.errors import UserError
+from config.files import acquire_lock, lock_holder, release_lock
 from data.catalog import get_dataset_info
 from data.prepare import NAMES, converters, get_converter
 from data.prepare.common import BuildContext, Converter, PrepareError, Report, parallel_map, remove_tree
@@ -45,7 +47,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="process_dataset.sh",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare the real datasets from the archives you downloaded into datasets/ (UAVid + VDD, "
@@ -170,12 +172,10 @@ def _plan(
 
 def _lock(partial: Path) -> int:
     """Hold an exclusive lock on the staging folder (released when the process ends, even if killed)."""
-    fd = os.open(partial / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise PrepareError(f"{partial} is in use by another preparation; wait for it to finish") from None
+    fd = acquire_lock(partial / ".lock", fix="use another --datasets-dir")
+    if fd is None:
+        raise PrepareError(f"{partial} is in use by another preparation (process {lock_holder(partial / '.lock')}); "
+                           "wait for it to finish")  # fmt: skip
     return fd
 
 
@@ -231,7 +231,10 @@ def final_report(conv: Converter, ctx: BuildContext, entries: dict, inputs: dict
 
 
 def prepare_one(conv: Converter, datasets: Path, plan: dict, args) -> dict:
-    """Build one dataset through its staging folder; returns its report."""
+    """Build one dataset through its staging folder; returns its report.
+
+    A refusal (a :class:`UserError`: an unsafe, wrong or damaged archive, a full disk) deletes the staging folder
+    with its lock: nothing in it can be resumed once an input must change. An interruption keeps it for a resume."""
     out_dir, partial = datasets / conv.folder, datasets / f".{conv.folder}.partial"
     partial.mkdir(exist_ok=True)
     fd = _lock(partial)
@@ -275,8 +278,11 @@ def prepare_one(conv: Converter, datasets: Path, plan: dict, args) -> dict:
         elif out_dir.exists():  # ours, from other inputs, and --force: out of the way only now
             os.replace(out_dir, partial / "replaced")
         os.replace(ctx.out, out_dir)
+    except UserError:
+        remove_tree(partial)  # still ours: the lock is held until the finally below
+        raise
     finally:
-        os.close(fd)
+        release_lock(fd)
     remove_tree(partial)
     return report
 

@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.prepare.archive import PrepareError, safe_extract
+from data.prepare.archive import DamagedArchive, PrepareError, safe_extract
 
-__all__ = [  # the contract of data/prepare/ (PrepareError and safe_extract live in archive.py)
-    "RGB", "PrepareError", "ArchiveSpec", "Report", "BuildContext", "Converter", "safe_extract", "extract_frames",
+__all__ = [  # the contract of data/prepare/ (PrepareError, DamagedArchive and safe_extract live in archive.py)
+    "RGB", "PrepareError", "DamagedArchive", "ArchiveSpec", "Report", "BuildContext", "Converter", "safe_extract", "extract_frames",
     "rgb_to_raw", "write_png", "read_rgb", "parallel_map", "write_splits", "natural_key", "move_file", "remove_tree",
 ]  # fmt: skip
 
@@ -248,12 +248,19 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], jobs: int, desc: str,
             return out
         _TASK = (fn, items)
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(min(jobs, len(items)), initializer=_worker_init) as pool:
-            out = []
-            for result in pool.imap(_run_item, range(len(items))):
-                out.append(result)
-                bar.update()
-            return out
+        # OpenCV's thread pool does not survive a fork: once this process has run a parallel OpenCV call, a forked
+        # child hangs in its first OpenCV call. One thread here while the pool forks; the setting is restored after.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with ctx.Pool(min(jobs, len(items)), initializer=_worker_init) as pool:
+                out = []
+                for result in pool.imap(_run_item, range(len(items))):
+                    out.append(result)
+                    bar.update()
+                return out
+        finally:
+            cv2.setNumThreads(threads)
     finally:
         _TASK = None
         bar.close()

@@ -34,6 +34,7 @@ from data.prepare.common import (
     ArchiveSpec,
     BuildContext,
     Converter,
+    DamagedArchive,
     PrepareError,
     Report,
     extract_frames,
@@ -179,9 +180,9 @@ def _extract_archive(ctx: BuildContext) -> Path:
     if not marker.is_file():
         try:
             safe_extract(archive, src, members=wanted_member, progress=ctx.progress)
-        except PrepareError as err:
-            # the reference README warns that this download often arrives damaged: say so
-            raise PrepareError(
+        except DamagedArchive as err:
+            # the reference README warns that this download often arrives damaged: say so (only then)
+            raise DamagedArchive(
                 f"{err} (the RuralScapes download often arrives damaged: compare its size with the website's)"
             ) from err
         marker.touch()

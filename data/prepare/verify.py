@@ -8,13 +8,13 @@ listed). Problems are printed one per line (the first ``MAX_LINES``) and the com
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 
+from config.cli import CliParser
 from config.errors import DataError
 from data.catalog import DATASETS, DatasetInfo, get_dataset_info
 from data.frames import read_clip, read_frame, read_mask
@@ -103,7 +103,7 @@ def _dataset_of(root: Path) -> str:
 
 def verify_main(argv: list[str]) -> dict:
     """Check the dataset at ``argv[0]``; prints a summary and returns it; problems raise :class:`PrepareError`."""
-    p = argparse.ArgumentParser(prog="python -m data.prepare verify", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m data.prepare verify", description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="prepared dataset folder, e.g. datasets/UAVid")
     p.add_argument("--dataset", choices=sorted(DATASETS), help="its class table (default: from the report)")
     p.add_argument(
@@ -141,5 +141,5 @@ def verify_main(argv: list[str]) -> dict:
         if len(problems) > MAX_LINES:
             print(f"  ... and {len(problems) - MAX_LINES} more", file=sys.stderr)
         raise PrepareError(f"{root}: {len(problems)} problem(s), listed above; re-run the preparation "
-                           f"({info.prepare_hint})")  # fmt: skip
+                           f"({info.prepare_hint(root)})")  # fmt: skip
     return summary

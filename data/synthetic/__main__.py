@@ -7,6 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from config.cli import CliParser
 from config.errors import ConfigError, DataError, run_cli
 from data.synthetic import io
 from data.synthetic.generate import generate, same_params
@@ -32,7 +33,7 @@ _INT_OPTIONS = (
 
 def build_parser() -> argparse.ArgumentParser:
     d = SyntheticParams()
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m data.synthetic",
         description="Generate the embedded synthetic aerial video set (UAVid-like layout: train.txt, val.txt, "
         "data/<clip>/{origin,mask,flow}/, homographies.npy, synthetic_meta.json). Output is byte-identical for "
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=2, help="worker processes; does not change the output (default 2)"
     )
-    p.add_argument("--force", action="store_true", help="replace an existing set made with other parameters")
+    p.add_argument("--force", action="store_true", help="replace an existing set made with other parameters "
+                   "(only the generator's files: files you added there are kept)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = io.read_meta(args.out) if args.out.is_dir() else None
     if meta is not None and not args.force:
         if same_params(meta, params):
-            print(f"{args.out}: a complete synthetic set with these parameters exists; leaving it alone")
+            print(f"{args.out}: a complete synthetic set with these parameters exists; leaving it alone: "
+                  f"{summary(params)}")  # fmt: skip
             return
         old = meta.get("params", {})
         diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.to_json().items() if old.get(k) != v]
@@ -75,8 +78,21 @@ def main(argv: list[str] | None = None) -> None:
             "add --force to replace it, or choose another --out"
         )
     start = time.perf_counter()
-    generate(args.out, params, workers=args.workers, progress=not args.quiet)
-    print(f"{args.out}: generated in {time.perf_counter() - start:.1f} s")
+    kept = generate(args.out, params, workers=args.workers, progress=not args.quiet)
+    if kept:  # --force replaced only what the generator wrote
+        shown = ", ".join(str(p) for p in kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+        print(f"{args.out}: kept {len(kept)} file(s) the generator did not write: {shown}")
+    print(f"{args.out}: generated in {time.perf_counter() - start:.1f} s: {summary(params)}")
+
+
+def summary(params: SyntheticParams) -> str:
+    """What the set holds for training: the number that bounds ``training_cfg.batch_size``."""
+    n, val = params.train_samples, params.val_videos * params.clips_per("val")
+    return (
+        f"{n} train clips, i.e. {n} labelled training samples for image and video training (one step takes "
+        f"training_cfg.batch_size x grad_accum_steps x processes of them; --train-videos gives more), {val} val "
+        f"clips of {params.val_clip_len} frames, all labelled"
+    )
 
 
 if __name__ == "__main__":

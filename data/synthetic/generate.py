@@ -3,12 +3,15 @@
 The set is written into a temporary sibling folder and renamed into place at the end; ``synthetic_meta.json``
 is written last, so a folder that has it is complete. Videos are independent jobs; each returns its label
 statistics, which are gathered by video index (never by completion order) so the metadata is reproducible.
+Replacing a set (``--force``) deletes only the files the generator wrote there (:func:`generated_files`: the
+known layout); anything the user added is kept in place.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -27,8 +30,10 @@ from data.synthetic import io
 from data.synthetic.params import GENERATOR_VERSION, SyntheticParams
 from data.synthetic.video import SPLITS, VideoJob, render_video, video_seeds
 
-# What a (possibly half-written) synthetic set folder may contain; anything else means it is not ours.
-_OWN_ENTRIES = {"data", "train.txt", "val.txt", io.META_NAME}
+# The generator's clip names (see plan_jobs) and the files it writes in a clip folder (see data.synthetic.io).
+_CLIP_NAME = re.compile(r"\d{4,}_vid\d{2,}_\d{2,}")
+_CLIP_FILE = re.compile(r"(origin|mask)/\d{6}\.png|flow/\d{6}\.npz|homographies\.npy")
+_CLIP_FOLDERS = ("origin", "mask", "flow")
 
 
 def plan_jobs(params: SyntheticParams) -> list[VideoJob]:
@@ -81,30 +86,100 @@ def _render_all(
 
 
 def _is_ours(folder: Path) -> bool:
-    """True when ``folder`` may be replaced: it is empty, or it is a complete synthetic set (it has its metadata)
-    and holds nothing else. A folder without metadata is never ours: generation is atomic, so it cannot be a
-    half-written set, and it may well be a prepared real dataset (same ``data/``, ``train.txt``, ``val.txt``)."""
-    if not folder.is_dir():
-        return False
-    entries = {p.name for p in folder.iterdir()}
-    return not entries or (io.META_NAME in entries and entries <= _OWN_ENTRIES)
+    """True when a set may be generated into ``folder``: it is empty, or it is a complete synthetic set (it has
+    its metadata; files the user added there are kept). A folder without metadata is never ours: generation is
+    atomic, so it cannot be a half-written set, and it may well be a prepared real dataset (same ``data/``,
+    ``train.txt``, ``val.txt``)."""
+    return folder.is_dir() and (not any(folder.iterdir()) or (folder / io.META_NAME).is_file())
 
 
-def _remove(folder: Path) -> None:
-    """Delete a previous synthetic set (checked again right before, in case files were added meanwhile)."""
-    if not _is_ours(folder):
-        raise DataError(
-            f"{folder}: exists and is not a synthetic set made by tcseg (no {io.META_NAME}); it is left untouched: "
-            "choose another --out / data_cfg.path, or remove the folder yourself"
-        )
-    shutil.rmtree(folder)
+def _refuse(folder: Path) -> None:
+    raise DataError(
+        f"{folder}: exists and is not a synthetic set made by tcseg (no {io.META_NAME}); it is left untouched: "
+        "choose another --out / data_cfg.path, or remove the folder yourself"
+    )
 
 
-def generate(out: Path, params: SyntheticParams, workers: int = 2, progress: bool = True) -> None:
-    """Generate the set into ``out`` (replacing a previous synthetic set there).
+def _generated_clips(root: Path) -> list[Path]:
+    """The clip folders of the set at ``root``: those its split files list, with the generator's names only (a
+    name edited into ``../elsewhere`` never leads out of the set), and never through a link."""
+    names = []
+    for split in SPLITS:
+        path = root / f"{split}.txt"
+        names += path.read_text().split() if path.is_file() else []
+    if (root / "data").is_symlink():
+        return []
+    clips = [root / "data" / n for n in dict.fromkeys(names) if _CLIP_NAME.fullmatch(n)]
+    return [c for c in clips if c.is_dir() and not c.is_symlink()]
+
+
+def generated_files(root: Path) -> set[Path]:
+    """The files of the set at ``root`` that the generator wrote: its split files and metadata, and the frames,
+    masks, flow and homographies of its clips (by the known layout). Everything else there is the user's."""
+    top = [root / n for n in (*(f"{s}.txt" for s in SPLITS), io.META_NAME)]
+    files = {p for p in top if p.is_file() and not p.is_symlink()}
+    for clip in _generated_clips(root):
+        for folder, _, names in os.walk(clip):  # links to folders are not followed
+            for name in names:
+                path = Path(folder) / name
+                if not path.is_symlink() and _CLIP_FILE.fullmatch(path.relative_to(clip).as_posix()):
+                    files.add(path)
+    return files
+
+
+def _user_files(root: Path, ours: set[Path]) -> list[Path]:
+    """Files and links under ``root`` that the generator did not write (links are never followed)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        found += [here / n for n in files if here / n not in ours]
+        found += [here / n for n in dirs if (here / n).is_symlink()]
+    return sorted(found)
+
+
+def _replace(out: Path, tmp: Path) -> list[Path]:
+    """Put the finished set ``tmp`` where ``out`` is, deleting only what the generator wrote in ``out``.
+
+    Without user files, ``out`` goes and ``tmp`` is renamed into place. Otherwise the old set's files are deleted
+    (its metadata first, so a crash in between never leaves a folder that looks complete), the new ones moved in
+    around the user's, the metadata last. Returns the user's files kept, relative to ``out``."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return []
+    if not _is_ours(out):  # checked again right before, in case the folder changed meanwhile
+        _refuse(out)
+    ours = generated_files(out)
+    kept = _user_files(out, ours)
+    clash = [p for p in kept if os.path.lexists(tmp / p.relative_to(out))]
+    if clash:
+        raise DataError(f"{clash[0]}: your file is where the new set writes one of its own; move it away and "
+                        "run again (nothing was changed)")  # fmt: skip
+    for path in sorted(ours, key=lambda p: p.name != io.META_NAME):  # the metadata first
+        path.unlink()
+    for clip in _generated_clips(out):  # the generator's folders, once empty (never the user's)
+        for folder in (*(clip / f for f in _CLIP_FOLDERS), clip):
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
+    for folder in (out / "data", out):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if not out.exists():
+        os.replace(tmp, out)
+        return []
+    for path in sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == io.META_NAME):
+        dest = out / path.relative_to(tmp)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+    shutil.rmtree(tmp)  # only empty folders are left in it
+    return [p.relative_to(out) for p in kept]
+
+
+def generate(out: Path, params: SyntheticParams, workers: int = 2, progress: bool = True) -> list[Path]:
+    """Generate the set into ``out`` (replacing a previous synthetic set there, but not the user's files in it).
 
     Writes into a temporary sibling folder and renames it at the end, so a half-written dataset never looks
-    finished. ``workers`` processes render videos in parallel; the output bytes do not depend on it.
+    finished. ``workers`` processes render videos in parallel; the output bytes do not depend on it. Returns the
+    files in ``out`` that the generator did not write and kept (relative to ``out``).
     """
     params.validate()
     if workers < 1:
@@ -112,7 +187,7 @@ def generate(out: Path, params: SyntheticParams, workers: int = 2, progress: boo
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not _is_ours(out):  # refuse before any work is done, never delete user files
-        _remove(out)  # raises the one clear message
+        _refuse(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -135,9 +210,7 @@ def generate(out: Path, params: SyntheticParams, workers: int = 2, progress: boo
             names = [n for j in jobs if j.split == split for n in j.clip_names]
             (tmp / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
         io.write_meta(tmp, _meta(params, jobs, stats))  # last: marks the set complete
-        if out.exists():
-            _remove(out)
-        os.replace(tmp, out)
+        return _replace(out, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -197,3 +270,26 @@ def ensure_synthetic(root: Path, params: SyntheticParams | None = None, workers:
         return root
     generate(root, params, workers=workers, progress=sys.stderr.isatty())
     return root
+
+
+# SyntheticParams fields that are also command-line flags (--train-videos is what more_clips_command sets)
+_CLI_FIELDS = ("seed", "height", "width", "val_videos", "clips_per_video", "val_clips_per_video", "train_clip_len",
+               "val_clip_len")  # fmt: skip
+
+
+def more_clips_command(root: Path, samples: int) -> str:
+    """The generator command that remakes the set at ``root`` with at least ``samples`` labelled training samples
+    (one per train clip): more train videos, the set's other command-line parameters kept."""
+    meta = io.read_meta(Path(root)) or {}
+    try:
+        params = SyntheticParams.from_json(meta.get("params", {}))
+    except (ConfigError, TypeError):  # written by another generator version: suggest the defaults
+        params = SyntheticParams()
+    default = SyntheticParams()
+    kept = "".join(
+        f" --{name.replace('_', '-')} {getattr(params, name)}"
+        for name in _CLI_FIELDS
+        if getattr(params, name) != getattr(default, name)
+    )
+    videos = -(-samples // params.clips_per("train"))  # ceil
+    return f"python -m data.synthetic --out {root}{kept} --train-videos {videos} --force"

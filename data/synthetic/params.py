@@ -112,3 +112,9 @@ class SyntheticParams:
             "train": self.clips_per_video * self.train_clip_len,
             "val": self.clips_per("val") * self.val_clip_len,
         }
+
+    @property
+    def train_samples(self) -> int:
+        """Labelled training samples the set gives image and video training alike: one per train clip, since only
+        a train clip's last frame is labelled (``train_videos x clips_per_video``, 96 by default)."""
+        return self.train_videos * self.clips_per("train")

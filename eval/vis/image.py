@@ -3,8 +3,9 @@
 Streams every clip of the split frame by frame (with ``--skip-frames K``: the frames with ``i mod K in {0, 1}``),
 computes dataset-level mIoU and per-class IoU on the labelled frames from one confusion matrix, and writes
 ``<run>/results/<split>/`` (metrics.json, per_class_iou.csv, pred/color/overlay PNGs, per-clip GIFs). With
-``--save-logits`` it also dumps raw logits (teacher logits for distillation) to ``<run>/logits/<split>/``.
-Every combination of ``--no-evaluation``, ``--no-write-res`` and ``--save-logits`` works.
+``--save-logits`` it also dumps raw logits (teacher logits for distillation) to ``<run>/logits/<split>/``;
+``--no-evaluation --save-logits`` is a logits dump and writes no pictures unless ``--write-res`` asks for them.
+Every combination of ``--[no-]evaluation``, ``--[no-]write-res`` and ``--save-logits`` works.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from config.cli import CliParser
 from config.errors import ConfigError, run_cli
 from data.image_dataset import FrameStream, collate_stream, worker_init
 from eval.evaluate import device_name, predict_tta, software
@@ -24,7 +26,7 @@ from models.runs import load_image_model
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.vis.image", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m eval.vis.image", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--skip-frames", type=int, default=1, metavar="K",
                    help="infer only frames with i mod K in {0,1} (each sampled frame and its predecessor; "
@@ -41,7 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: average logits over flips / scales 0.75, 1, 1.5")  # fmt: skip
     p.add_argument("--multiscale", action="store_true", help="reference flag: same as --tta multiscale")
     p.add_argument("--batch-size", type=int, default=4)
+    # None = not given: pictures unless this is a logits dump (see write_pictures)
+    p.set_defaults(write_res=None)
     return p
+
+
+def write_pictures(args: argparse.Namespace) -> bool:
+    """``--write-res`` / ``--no-write-res`` when given; otherwise pictures, except for a logits dump
+    (``--no-evaluation --save-logits``), which would otherwise bury the logits under PNGs and GIFs."""
+    if args.write_res is not None:
+        return args.write_res
+    return args.evaluation or not args.save_logits
 
 
 def _logits_size(arg: str) -> tuple[int, int] | None:
@@ -58,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     if args.skip_frames < 1 or args.logits_stride < 1 or args.batch_size < 1:
         raise ConfigError("--skip-frames, --logits-stride and --batch-size must be at least 1")
+    args.write_res = write_pictures(args)
     if not (args.evaluation or args.write_res or args.save_logits):
         print("nothing to do: --no-evaluation and --no-write-res without --save-logits")
         return None
@@ -69,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     amp = ev.amp
     tta = "multiscale" if args.multiscale and args.tta == "none" else args.tta
 
-    out = ev.out
+    out = ev.results.path  # renamed to ev.results.final by commit(), once complete
     writer = PredictionWriter(out, info) if args.write_res else None
     manifest = {"teacher_run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"), "split": args.split,
                 "num_classes": info.num_classes, "classes": list(info.class_names), "input_size": list(size),
@@ -103,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         logits_writer.close()
         print(f"logits: {logits_writer.frames} frames in {logits_writer.out}")
     if not args.evaluation:
-        print(f"outputs in {out}" if args.write_res else "done")
+        ev.results.commit()
+        print(f"outputs in {ev.results.final}" if args.write_res else "done")
         return None
 
     sw = software()
@@ -116,10 +130,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     metrics["miou"]["tta"] = tta
     write_metrics(out, metrics, scorer.cm.per_class_rows(info.class_names))
     scorer.write_tc_files(out)
+    ev.results.commit()
     print(format_table(f"{run.name} on {info.name} {args.split} ({scorer.labelled_frames} labelled frames)",
                        scorer.cm.summary(info.class_names), info.class_names))  # fmt: skip
     print(format_scores(metrics))
-    print(f"results in {out}")
+    print(f"results in {ev.results.final}")
     return metrics
 
 

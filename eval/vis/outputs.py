@@ -1,8 +1,13 @@
 """What evaluation writes under ``<run>/results/<split>/`` and ``<run>/logits/<split>/`` (``ssp.md`` §12.2).
 
+A results folder is written as a whole (:class:`ResultsFolder`): into a hidden sibling, renamed into place when
+complete, so a new evaluation never leaves files of an older one beside its own (an older ``per_clip_tc.csv``
+beside a new ``metrics.json``) and a failed one leaves the previous results as they were. Its ``README.txt``
+lists every file and folder in it. Logits folders are not results: they are written in place, resumably.
+
 - ``pred/<clip>/<frame>.png``: uint8 prediction, value = class id + 1 (0 = ignore; reference-compatible);
 - ``color/<clip>/<frame>.png`` and ``overlay/<clip>/<frame>.png``: palette rendering and frame blend;
-- ``video/<clip>.gif``: the overlays as an animation at the dataset's frame rate, written frame by frame;
+- ``video/<clip>.gif``: the overlays as an animation at the dataset's frame rate, written when the clip ends;
 - ``metrics.json`` and ``per_class_iou.csv``;
 - logits: ``<clip>/<frame>.npz`` (compressed) or ``.npy``, float16 by default, optionally downsampled, with a
   ``manifest.json`` that the distillation code checks before training.
@@ -11,9 +16,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import secrets
+import shutil
+import time
+import weakref
 from pathlib import Path
-from typing import Any
 
 import cv2
 import imageio.v2 as imageio
@@ -21,24 +31,115 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from config.errors import writing
+from config.files import atomic_write_text, check_writable
 from data.catalog import DatasetInfo
 from eval.vis.render import overlay, panel, write_png
 
-RESULTS_README = """Prediction PNGs in pred/ hold class id + 1 (0 = ignore), the SSP reference convention.
-color/ renders the class colours, overlay/ blends them over the frame, video/ animates the overlays.
-metrics.json holds the scores with their protocol; per_class_iou.csv the per-class table.
-"""
+# What the user can do when a run folder cannot be written (results, benchmark figures).
+RUN_FOLDER_FIX = "copy the run to another disk and pass its folder as --save-dir"
+
+# Every entry a results folder can hold, with the line README.txt gives it.
+RESULTS_ENTRIES = {
+    "README.txt": "this list",
+    "metrics.json": "the scores (mIoU, per-class IoU, TC with its protocol card, VC_n) and how they were computed",
+    "per_class_iou.csv": "IoU of each class (the per-class table of metrics.json)",
+    "per_clip_tc.csv": "TC of each clip, for every TC protocol",
+    "tc_over_time.png": "plot of the TC of each pair of consecutive frames over time, per clip",
+    "pred": "<clip>/<frame>.png predictions: value = class id + 1, 0 = ignore (the SSP reference convention)",
+    "color": "<clip>/<frame>.png predictions in the class colours",
+    "overlay": "<clip>/<frame>.png class colours blended over the frame",
+    "video": "<clip>.gif the overlays of each clip, animated at the dataset's frame rate",
+    "side_by_side": "<clip>.gif panels: frame | image-network prediction | video-model prediction | ground truth",
+}
+
+
+class ResultsFolder:
+    """``<run>/results/<split>/``, written as a whole: writers fill :attr:`path`, a hidden sibling, and
+    :meth:`commit` writes ``README.txt`` and renames it into place; the old folder stays until then.
+
+    Creating it checks that the run folder can be written, before any frame is computed. A folder never
+    committed (the evaluation failed) is deleted when this object goes (or the process ends), like a
+    :class:`tempfile.TemporaryDirectory`; an evaluation that wrote nothing (``--save-logits`` alone) keeps the old
+    results.
+    """
+
+    def __init__(self, final: Path, title: str) -> None:
+        self.final, self.title = Path(final), title
+        self.path = self.final.parent / f".{self.final.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+        check_writable(self.final.parent, fix=RUN_FOLDER_FIX)
+        with writing(self.path, fix=RUN_FOLDER_FIX):
+            self.path.mkdir()
+        self._discard = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
+
+    def commit(self) -> bool:
+        """Put the new results in place of the old ones, with a ``README.txt`` headed by the title (what was
+        evaluated). Returns False (old results kept, nothing changed) when nothing was written."""
+        if not any(self.path.iterdir()):
+            self._discard()
+            return False
+        atomic_write_text(self.path / "README.txt", results_readme(self.path, self.title), fix=RUN_FOLDER_FIX)
+        old = self.final.with_name(f".{self.final.name}.{os.getpid()}.old")
+        with writing(self.final, fix=RUN_FOLDER_FIX):
+            if self.final.exists():
+                os.replace(self.final, old)
+            try:
+                os.replace(self.path, self.final)
+            except BaseException:
+                if old.exists():
+                    os.replace(old, self.final)  # the previous results stay where they were
+                raise
+        self._discard.detach()  # (on a failure above, the new folder is discarded as for a failed evaluation)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+
+
+def results_readme(folder: Path, title: str) -> str:
+    """The ``README.txt`` of a results folder: ``title``, then one line per file or folder in it."""
+    names = sorted({p.name for p in folder.iterdir()} | {"README.txt"})
+    width = max(len(n) + 1 for n in names)
+    lines = [title, f"written {time.strftime('%Y-%m-%d %H:%M:%S')}; the next evaluation of this split replaces "
+             "the whole folder", ""]  # fmt: skip
+    for name in names:
+        shown = name + ("/" if (folder / name).is_dir() else "")
+        lines.append(f"{shown:<{width}}  {RESULTS_ENTRIES.get(name, 'written by this evaluation')}")
+    return "\n".join(lines) + "\n"
+
+
+class ClipAnimation:
+    """``<folder>/<clip>.gif``, one per clip: the frames of a clip are gathered and written when it ends.
+
+    imageio's GIF writer holds every frame until it closes anyway; gathering them here means a failed evaluation
+    leaves no open writer behind (one that would write into a deleted folder when the process exits)."""
+
+    def __init__(self, folder: Path, fps: float) -> None:
+        self.folder, self.fps = folder, fps
+        self._clip: str | None = None
+        self._frames: list[np.ndarray] = []
+
+    def add(self, clip: str, image: np.ndarray) -> None:
+        """Append ``image`` (H,W,3) uint8 to the animation of ``clip`` (a new clip writes the previous one)."""
+        if clip != self._clip:
+            self.close()
+            self._clip = clip
+        self._frames.append(image)
+
+    def close(self) -> None:
+        """Write the animation of the current clip."""
+        frames, self._frames = self._frames, []
+        if frames:
+            path = self.folder / f"{self._clip}.gif"
+            with writing(path, fix=RUN_FOLDER_FIX):
+                self.folder.mkdir(parents=True, exist_ok=True)
+                imageio.mimwrite(path, frames, duration=1000.0 / self.fps, loop=0)
 
 
 class PredictionWriter:
     """Writes per-frame prediction images and per-clip GIFs; frames of a clip must arrive in order."""
 
     def __init__(self, out_dir: Path, info: DatasetInfo, gif: bool = True) -> None:
-        self.out, self.info, self.gif = out_dir, info, gif
-        self._clip: str | None = None
-        self._writer: Any = None
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "README.txt").write_text(RESULTS_README)
+        self.out, self.info = out_dir, info
+        self._gif = ClipAnimation(out_dir / "video", info.fps) if gif else None
 
     def add(self, clip: str, frame: str, rgb: np.ndarray, pred: np.ndarray) -> None:
         """``rgb`` (H,W,3) uint8, ``pred`` (H,W) training ids."""
@@ -46,59 +147,42 @@ class PredictionWriter:
         write_png(self.out / "color" / clip / f"{frame}.png", self.info.colorize(pred))
         blend = overlay(rgb, pred, self.info)
         write_png(self.out / "overlay" / clip / f"{frame}.png", blend)
-        if self.gif:
-            if clip != self._clip:
-                self._close_gif()
-                (self.out / "video").mkdir(exist_ok=True)
-                self._writer = imageio.get_writer(self.out / "video" / f"{clip}.gif", mode="I",
-                                                  duration=1000.0 / self.info.fps, loop=0)  # fmt: skip
-                self._clip = clip
-            self._writer.append_data(blend)
-
-    def _close_gif(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._gif is not None:
+            self._gif.add(clip, blend)
 
     def close(self) -> None:
-        self._close_gif()
+        if self._gif is not None:
+            self._gif.close()
 
 
 class SideBySideWriter:
-    """Per-clip GIF of panels ``frame | image-model prediction | video-model prediction | ground truth``.
+    """Per-clip GIF of panels ``frame | image-network prediction | video-model prediction | ground truth``.
 
     Frames of a clip must arrive in order; panels are scaled to at most ``max_height`` pixels high so that GIFs
     of 736x1280 videos stay viewable. Frames without a label show the frame greyed out in the last panel.
+    ``image_title`` says whose image network the second panel shows (see ``eval.vis.video.image_panel_title``).
     """
 
-    TITLES = ["frame", "image model", "video model", "ground truth"]
-
-    def __init__(self, out_dir: Path, info: DatasetInfo, max_height: int = 240) -> None:
+    def __init__(
+        self, out_dir: Path, info: DatasetInfo, max_height: int = 240, image_title: str = "image model"
+    ) -> None:
         self.out, self.info, self.max_height = out_dir, info, max_height
-        self._clip: str | None = None
-        self._writer: Any = None
+        self.titles = ["frame", image_title, "video model", "ground truth"]
+        self._gif = ClipAnimation(out_dir, info.fps)
 
     def add(self, clip: str, rgb: np.ndarray, image_pred: np.ndarray, video_pred: np.ndarray,
             label: np.ndarray | None) -> None:  # fmt: skip
         """``rgb`` (H,W,3) uint8; predictions and ``label`` (H,W) training ids (label may be None)."""
-        if clip != self._clip:
-            self.close()
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._writer = imageio.get_writer(self.out / f"{clip}.gif", mode="I", duration=1000.0 / self.info.fps,
-                                              loop=0)  # fmt: skip
-            self._clip = clip
         gt = overlay(rgb, label, self.info) if label is not None else (rgb // 3 + 85).astype(np.uint8)
         images = [rgb, overlay(rgb, image_pred, self.info), overlay(rgb, video_pred, self.info), gt]
         h = rgb.shape[0]
         if h > self.max_height:
             size = (round(rgb.shape[1] * self.max_height / h), self.max_height)
             images = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]
-        self._writer.append_data(panel(images, self.TITLES))
+        self._gif.add(clip, panel(images, self.titles))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._gif.close()
 
 
 class LogitsWriter:
@@ -146,14 +230,19 @@ class LogitsWriter:
 
 def write_metrics(out_dir: Path, metrics: dict, per_class_rows: list[dict]) -> None:
     """``metrics.json`` and ``per_class_iou.csv`` (atomically: a reader never sees half a file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    tmp.replace(out_dir / "metrics.json")
-    with open(out_dir / "per_class_iou.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(per_class_rows[0]))
-        w.writeheader()
-        w.writerows(per_class_rows)
+    with writing(out_dir, fix=RUN_FOLDER_FIX):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1), fix=RUN_FOLDER_FIX)
+    write_csv(out_dir / "per_class_iou.csv", per_class_rows, list(per_class_rows[0]))
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """A CSV table with a header line, written atomically."""
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, text.getvalue(), fix=RUN_FOLDER_FIX)
 
 
 def format_table(title: str, miou: dict, class_names: tuple[str, ...] | list[str]) -> str:

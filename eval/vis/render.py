@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from config.errors import writing
 from data.catalog import IGNORE_INDEX, DatasetInfo
 
 
@@ -43,9 +44,15 @@ def panel(images: list[np.ndarray], titles: list[str] | None = None, gap: int = 
 
 
 def write_png(path: str | Path, rgb_or_ids: np.ndarray) -> None:
-    """Write an RGB image (H,W,3) or an id map (H,W) as PNG, creating folders."""
+    """Write an RGB image (H,W,3) or an id map (H,W) as PNG, creating folders.
+
+    Encoded here and written by Python, not ``cv2.imwrite``: that only returns False, without the cause (a
+    read-only folder, a full disk), which then becomes one :class:`~config.errors.OutputError` line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = rgb_or_ids if rgb_or_ids.ndim == 2 else cv2.cvtColor(rgb_or_ids, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"cannot write {path}")
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError(f"cannot encode an array of shape {rgb_or_ids.shape} {rgb_or_ids.dtype} as PNG")
+    with writing(path, len(buf)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.tobytes())

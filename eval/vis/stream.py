@@ -10,7 +10,6 @@ comparable.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from config.errors import ConfigError
+from config.cli import at_least
+from config.errors import ConfigError, writing
 from data.catalog import DatasetInfo
 from data.frames import Clip, open_split
 from eval.evaluate import amp_dtype, resolve_device
 from eval.metrics import ConfusionMatrix
 from eval.tc import TemporalConsistency, protocol
 from eval.vc import VideoConsistency
+from eval.vis.outputs import RUN_FOLDER_FIX, ResultsFolder, write_csv
 from models.runs import locate_run
 
 TC_ALIASES = {"reference": "tc_reference"}
@@ -40,10 +41,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluation", action=argparse.BooleanOptionalAction, default=True,
                    help="compute mIoU, TC and VC (default: on)")  # fmt: skip
     p.add_argument("--write-res", action=argparse.BooleanOptionalAction, default=True,
-                   help="write prediction, colour and overlay PNGs and per-clip videos (default: on)")  # fmt: skip
+                   help="write prediction, colour and overlay PNGs and per-clip videos (default: on, except "
+                        "for a logits dump: eval.vis.image --no-evaluation --save-logits)")  # fmt: skip
     p.add_argument("--best-model", action="store_true", help="load best.pth instead of last.pth")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=at_least(0), default=2)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="model precision: fp32 (default) or bf16 autocast; recorded in metrics.json")  # fmt: skip
     p.add_argument("--tc-protocol", default="reference,strict",
@@ -72,19 +74,22 @@ class EvalSetup:
     info: DatasetInfo
     size: tuple[int, int]
     clips: list[Clip]
-    out: Path  # <run>/results/<split>/
+    results: ResultsFolder  # <run>/results/<split>/: write into results.path, then results.commit()
     amp: torch.dtype | None  # autocast dtype of --precision (None = fp32)
 
 
 def open_run(args: argparse.Namespace, load: Callable[..., tuple[Any, Any, dict]]) -> EvalSetup:
-    """Resolve ``--device``, find the run, ``load(run, best)`` its model onto the device, and open ``--split``."""
+    """Resolve ``--device``, find the run, ``load(run, best)`` its model onto the device, open ``--split``, and
+    start its results folder (which checks that the run can be written before any frame is computed)."""
     device = resolve_device(args.device)
     run = locate_run(args.run, args.save_dir)
     model, cfg, meta = load(run, args.best_model)
     model.to(device).eval()
     _, info, clips = open_split(cfg.data_cfg, args.split)
+    results = ResultsFolder(run / "results" / args.split,
+                            f"Evaluation of {meta['path']} (epoch {meta.get('epoch')}) on the {args.split} split")  # fmt: skip
     return EvalSetup(run=run, device=device, model=model, cfg=cfg, meta=meta, info=info,
-                     size=tuple(cfg.data_cfg.crop_size), clips=clips, out=run / "results" / args.split,
+                     size=tuple(cfg.data_cfg.crop_size), clips=clips, results=results,
                      amp=amp_dtype("bf16" if args.precision == "bf16" else "none", device))  # fmt: skip
 
 
@@ -192,11 +197,7 @@ class FrameScorer:
         if self.tc is None:
             return
         rows = self.tc.per_clip_rows()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "per_clip_tc.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["clip", "n_pairs"])
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(out_dir / "per_clip_tc.csv", rows, list(rows[0]) if rows else ["clip", "n_pairs"])
         plot_tc(self.tc, out_dir / "tc_over_time.png")
 
 
@@ -221,5 +222,8 @@ def plot_tc(tc: TemporalConsistency, path: Path) -> None:
     if len(series) <= 12:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with writing(path, fix=RUN_FOLDER_FIX):
+            fig.savefig(path)
+    finally:
+        plt.close(fig)

@@ -4,10 +4,13 @@ A video run streams through its method's recurrence (``init_state``, then ``step
 clip start), an image run through the per-frame adapter, so memory does not grow with video length and both are
 scored by the same code. Scores mIoU on the labelled frames, TC over every pair of consecutive frames
 (``--tc-protocol``, default the SSP reference definition and the strict one, each written with its protocol
-card) and VC_n where labels are dense. Writes ``<run>/results/<split>/``: metrics.json (with the method's
+card) and VC_n where labels are dense. Writes ``<run>/results/<split>/`` as a whole (replacing the previous
+results only once complete): README.txt, metrics.json (with the method's
 description: helpers, their settings and counters), per_class_iou.csv, per_clip_tc.csv, tc_over_time.png,
-pred/color/overlay PNGs, per-clip overlay GIFs, and side-by-side GIFs ``frame | image model | video model |
-ground truth`` (the image-model panel is the per-frame prediction of the model's own image network).
+pred/color/overlay PNGs, per-clip overlay GIFs, and side-by-side GIFs ``frame | image network | video model |
+ground truth``. The image-network panel is the per-frame prediction of the video run's own image network, not of
+the image run it started from: its title says whether the video training fine-tuned it (see
+:func:`image_panel_title`).
 """
 
 from __future__ import annotations
@@ -20,19 +23,31 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from config.cli import CliParser
 from config.errors import run_cli
 from data.image_dataset import FrameStream, worker_init
 from eval.evaluate import autocast, device_name, software
 from eval.vis.outputs import PredictionWriter, SideBySideWriter, format_scores, format_table, write_metrics
 from eval.vis.stream import FrameScorer, add_common_args, build_tc, build_vc, open_run
 from models.runs import load_streaming_model
-from models.video.base import StepSide
+from models.video.base import StepSide, VideoModel
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.vis.video", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m eval.vis.video", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     return p
+
+
+def image_panel_title(model: VideoModel, meta: dict) -> str:
+    """The side-by-side title of the image-network panel, short enough for a 224-pixel-wide panel.
+
+    A video run's image network started as the image run's but is fine-tuned with the method unless
+    ``freeze_image_model``: then it is no longer the image run's model, and the title must not say so.
+    """
+    if meta.get("kind") == "image":
+        return "image model"  # an image run through the per-frame adapter: the model itself
+    return "image net (frozen)" if model.freeze_image_model else "image net (tuned here)"
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -47,8 +62,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     scorer = None
     if args.evaluation:
         scorer = FrameScorer(info, clips, device, build_tc(args, info, device), build_vc(args.vc))
-    writer = PredictionWriter(ev.out, info) if args.write_res else None
-    side_by_side = SideBySideWriter(ev.out / "side_by_side", info) if args.write_res else None
+    results = ev.results.path  # renamed to ev.results.final by commit(), once complete
+    writer = PredictionWriter(results, info) if args.write_res else None
+    side_by_side = (SideBySideWriter(results / "side_by_side", info, image_title=image_panel_title(model, ev.meta))
+                    if args.write_res else None)  # fmt: skip
 
     state = model.init_state()
     for item in tqdm(
@@ -83,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         writer.close()
         side_by_side.close()
     if scorer is None:
-        print(f"outputs in {ev.out}")
+        ev.results.commit()
+        print(f"outputs in {ev.results.final}")
         return None
 
     sw = software()
@@ -94,13 +112,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         **scorer.metrics(size, model.inference, sw, args.resolution),
         "video_model": model.describe(), "precision": args.precision, "device": device_name(device), "software": sw,
     }  # fmt: skip
-    write_metrics(ev.out, metrics, scorer.cm.per_class_rows(info.class_names))
-    scorer.write_tc_files(ev.out)
+    write_metrics(results, metrics, scorer.cm.per_class_rows(info.class_names))
+    scorer.write_tc_files(results)
+    ev.results.commit()
     summary = scorer.cm.summary(info.class_names)
     print(format_table(f"{ev.run.name} on {info.name} {args.split} ({scorer.labelled_frames} labelled frames)",
                        summary, info.class_names))  # fmt: skip
     print(format_scores(metrics))
-    print(f"results in {ev.out}")
+    print(f"results in {ev.results.final}")
     return metrics
 
 

@@ -15,6 +15,9 @@ name                      channels              strides             notes
 ``sam2_hiera_base_plus``  112, 224, 448, 896    4, 8, 16, 32        timm, input H and W multiples of 32
 ``resnet18``              64, 128, 256, 512     4, 8, 16, 32        timm; optional pre-ReLU stage outputs
 ``vgg16``                 128, 256, 512, 512    4, 8, 16, 32        pool2..pool5 of timm's VGG-16 layers
+``convnext_tiny``         96, 192, 384, 768     4, 8, 16, 32        timm ConvNeXt-T, input H and W multiples of 32
+``convnext_small``        96, 192, 384, 768     4, 8, 16, 32        timm ConvNeXt-S, input H and W multiples of 32
+``convnext_base``         128, 256, 512, 1024   4, 8, 16, 32        timm ConvNeXt-B, input H and W multiples of 32
 ``tiny_cnn``              16, 32, 64, 128       4, 8, 16, 32        own tiny conv net for fast tests
 ========================  ====================  ==================  ========================================
 
@@ -25,11 +28,13 @@ local files through :func:`models.image.pretrained.load_backbone_weights`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import timm
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from config.errors import ConfigError
@@ -85,6 +90,10 @@ class Backbone(nn.Module):
     def weights_module(self) -> nn.Module:
         """The module whose ``state_dict`` keys a pretrained file must match after conversion."""
         return self
+
+    def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rename the keys of a converted pretrained file to :meth:`weights_module`'s (default: unchanged)."""
+        return state
 
     def check_input_size(self, h: int, w: int) -> None:
         """Raise :class:`ConfigError` when an ``h`` x ``w`` input cannot go through this backbone."""
@@ -265,6 +274,64 @@ def vgg16(fcn_reference: bool = False) -> VGG16Backbone:
     return VGG16Backbone(fcn_reference=fcn_reference)
 
 
+# ------------------------------------------------------------------------------------------------ ConvNeXt
+
+
+class ConvNeXtBackbone(Backbone):
+    """timm ConvNeXt stages 0-3 (``features_only``) at strides 4/8/16/32, each followed by a channels-first
+    LayerNorm, as the ConvNeXt backbones of the reference's UperNet (Hugging Face / mmseg) have.
+
+    Pretrained weights: timm's ImageNet file of the same size (``stem.0.*``, ``stages.N.*``, ``head.*`` is
+    dropped); the output norms are not in it and start with unit weight and zero bias.
+    """
+
+    weights_format = "imagenet"
+
+    def __init__(self, variant: str) -> None:
+        model = timm.create_model(f"convnext_{variant}", pretrained=False, features_only=True)
+        super().__init__(model.feature_info.channels(), model.feature_info.reduction(), input_multiple=32)
+        self.name = f"convnext_{variant}"
+        self.weights_hint = (
+            f"timm's ImageNet weights of convnext_{variant} (e.g. model.safetensors of the Hugging Face repo "
+            f"timm/convnext_{variant}.fb_in1k, saved as base_checkpoints/convnext_{variant}.safetensors)"
+        )
+        self.body = model
+        self.norms = nn.ModuleList(LayerNorm2d(c) for c in self.channels)
+
+    def _family(self) -> str:
+        return "ConvNeXt"
+
+    def weights_module(self) -> nn.Module:
+        """The timm feature net (keys ``stem_0.*``, ``stages_0.*`` .. ``stages_3.*``)."""
+        return self.body
+
+    def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """timm classifier-model keys (``stem.0.``, ``stages.1.``) -> feature-net keys (``stem_0.``, ``stages_1.``)."""
+        return {re.sub(r"^(stem|stages)\.(\d+)\.", r"\1_\2.", k): v for k, v in state.items()}
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        self.check_input_size(x.shape[-2], x.shape[-1])
+        return [norm(f) for norm, f in zip(self.norms, self.body(x), strict=True)]
+
+
+@BACKBONES.register("convnext_tiny")
+def convnext_tiny() -> ConvNeXtBackbone:
+    """timm ConvNeXt-T (≈ 27.8 M parameters)."""
+    return ConvNeXtBackbone("tiny")
+
+
+@BACKBONES.register("convnext_small")
+def convnext_small() -> ConvNeXtBackbone:
+    """timm ConvNeXt-S (≈ 49.5 M parameters): the backbone of the reference's upernet-convnext-small."""
+    return ConvNeXtBackbone("small")
+
+
+@BACKBONES.register("convnext_base")
+def convnext_base() -> ConvNeXtBackbone:
+    """timm ConvNeXt-B (≈ 87.6 M parameters)."""
+    return ConvNeXtBackbone("base")
+
+
 # ---------------------------------------------------------------------------------------------- tiny CNN
 
 
@@ -320,6 +387,7 @@ def build_backbone(name: str, **kwargs: object) -> Backbone:
 
 __all__ = [
     "Backbone",
+    "ConvNeXtBackbone",
     "FeatureInfo",
     "HieraBackbone",
     "ResNetBackbone",

@@ -15,6 +15,8 @@ Supported files:
 - torchvision / timm ImageNet files for ResNet-18 (``resnet18-f37072fd.pth``) and VGG-16
   (``vgg16-397923af.pth``): the classifier (``fc.*``; ``classifier.*`` or timm's ``pre_logits.*``/``head.*``)
   is dropped explicitly; everything else must match.
+- timm ImageNet files for ConvNeXt-T/S/B (e.g. ``convnext_small.fb_in1k``): ``head.*`` is dropped and the keys
+  are renamed to timm's feature-net layout (:meth:`~models.image.backbones.Backbone.adapt_state_dict`).
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
             )
         what = f"the {backbone.name} trunk"
     elif fmt == "imagenet":
-        state = _imagenet_state_dict(obj)
+        state = backbone.adapt_state_dict(_imagenet_state_dict(obj))
         what = f"backbone {backbone.name}"
     else:  # pragma: no cover - a new backbone kind without a loader is a programming error
         raise ValueError(f"unknown weights format {fmt!r}")

@@ -23,13 +23,16 @@ UPSAMPLING_MODES = ("bicubic", "bilinear", "nearest")
 
 # The reference pairs each Hiera size with one UPerNet width (ssp.md §2.1 table, model_cfg.checkpoint_model).
 HIERA_UPERNET_WIDTHS = {"sam2_hiera_tiny": 128, "sam2_hiera_small": 256, "sam2_hiera_base_plus": 512}
+# Hugging Face's upernet-convnext-* models (the reference's "UPerNet" arch) use a 512-wide UperNet.
+CONVNEXT_UPERNET_WIDTH = 512
 
 
 def default_head_width(backbone: str, head: str, channels: Sequence[int]) -> int | None:
     """The head width used when none is given.
 
-    - ``upernet``: 128 / 256 / 512 on Hiera tiny / small / base_plus (the reference table); on other backbones
-      half the width of the coarsest level, clamped to [64, 512] (resnet18, vgg16: 256; tiny_cnn: 64).
+    - ``upernet``: 128 / 256 / 512 on Hiera tiny / small / base_plus (the reference table), 512 on ConvNeXt (as
+      upernet-convnext); on other backbones half the width of the coarsest level, clamped to [64, 512]
+      (resnet18, vgg16: 256; tiny_cnn: 64).
     - ``swiftnet``: 128 (SwiftNet's ``num_features``).
     - ``fcn8s``: 4096 (the reference fc6/fc7 width).
     - any other head: ``None`` (the head's own default).
@@ -37,6 +40,8 @@ def default_head_width(backbone: str, head: str, channels: Sequence[int]) -> int
     if head == "upernet":
         if backbone in HIERA_UPERNET_WIDTHS:
             return HIERA_UPERNET_WIDTHS[backbone]
+        if backbone.startswith("convnext_"):
+            return CONVNEXT_UPERNET_WIDTH
         return min(512, max(64, int(channels[-1]) // 2))
     if head == "swiftnet":
         return 128

@@ -73,8 +73,9 @@ class SSP(VideoModel):
         freeze_image_model: keep the image network fixed (and in eval mode); train the fusion only.
         overlap_registration: in :meth:`step`, run a CPU provider in a background thread while the image network
             runs, when a core is free for it (same result; the fusion waits for it).
-        register_in_loader: training: the data loader registers the augmented frames with the provider (CPU
-            providers); homographies then come with each batch.
+        loader_registration: training: a CPU provider the data loader runs on the augmented frames
+            (``data_cfg.opencv_homos``); homographies then come with each batch. ``registration`` still serves
+            streaming and batches without homographies.
     """
 
     method = "base"
@@ -94,7 +95,7 @@ class SSP(VideoModel):
         features_interp_mode: str = "bilinear",
         freeze_image_model: bool = False,
         overlap_registration: bool = True,
-        register_in_loader: bool = False,
+        loader_registration: Any | None = None,
     ) -> None:
         super().__init__(image_model, freeze_image_model)
         channels = image_model.feature_info.channels[0]
@@ -104,15 +105,15 @@ class SSP(VideoModel):
         self.sim_op, self.upsample_before_mixing, self.upsampling = sim_op, upsample_before_mixing, upsampling
         self.scaling, self.features_interp_mode = scaling, features_interp_mode
         self.add_helper("registration", registration)  # not a submodule: never saved or trained
-        self.overlap_registration, self.register_in_loader = overlap_registration, register_in_loader
+        self.add_helper("loader_registration", loader_registration)
+        self.overlap_registration = overlap_registration
         object.__setattr__(self, "_executor", None)
 
     def needs(self) -> DataNeeds:
         """(t-1, t) pairs; true homographies from the dataset when the provider reads stored ones (``gt``),
-        the provider itself in the loader with ``register_in_loader``."""
+        else the loader's provider when there is one."""
         stored = bool(getattr(self.registration, "needs_pairs", False))
-        in_loader = self.register_in_loader and not stored
-        return DataNeeds(true_homographies=stored, registration=self.registration if in_loader else None)
+        return DataNeeds(true_homographies=stored, registration=None if stored else self.loader_registration)
 
     # ------------------------------------------------------------------------------------------- helpers
     def _up(self, x: Tensor, size: Sequence[int]) -> Tensor:
@@ -244,7 +245,9 @@ def build_ssp(
     use_caches: bool = True,
 ) -> SSP:  # fmt: skip
     """SSP from a video config (the one place its keys become constructor arguments), with its registration
-    provider. ``use_caches=False`` bypasses the on-disk registration cache (the benchmark times the estimate)."""
+    providers: ``k_registrator_model`` in the model, and with ``data_cfg.opencv_homos`` the OpenCV provider
+    ``data_cfg.opencv_model_type`` in the data loader for training (``cfg.loader_registration_name``).
+    ``use_caches=False`` bypasses the on-disk registration cache (the benchmark times the estimate)."""
     from models.registration import build_registration  # OpenCV and kornia only when SSP is built
 
     vcfg, dcfg = cfg.video_model_cfg, cfg.data_cfg
@@ -259,10 +262,13 @@ def build_ssp(
         )
     settings = vcfg.registration if use_caches else dataclasses.replace(vcfg.registration, cache=False)
     registration = build_registration(vcfg.k_registrator_model, settings)
-    if dcfg.opencv_homos and not registration.runs_in_loader:
-        raise ConfigError(
-            f"data_cfg.opencv_homos: '{vcfg.k_registrator_model}' registration runs in the model, not in the data "
-            "loader; set opencv_homos: false"
+    loader_name = cfg.loader_registration_name
+    loader = None
+    if loader_name is not None:  # one provider (and cache) when both name the same one
+        loader = (
+            registration
+            if loader_name == vcfg.k_registrator_model
+            else build_registration(loader_name, settings)
         )
     return SSP(
         image_model,
@@ -275,5 +281,5 @@ def build_ssp(
         scaling=vcfg.registration.scaling,
         features_interp_mode=vcfg.features_interp_mode,
         freeze_image_model=vcfg.freeze_image_model,
-        register_in_loader=dcfg.opencv_homos,
+        loader_registration=loader,
     )

@@ -137,6 +137,8 @@ def test_every_shipped_image_config_builds_its_model(path: Path) -> None:
     from models.build import build_image_model
 
     cfg = load(path.stem, "image")
+    if cfg.model_cfg.model_architecture == "segformer":
+        pytest.importorskip("transformers")  # an optional extra (requirements-extra.txt)
     info = get_dataset_info(cfg.data_cfg.dataset)
     # weights files are user-provided, so build without them; the input size must suit the backbone
     model = build_image_model(cfg.model_cfg, info.num_classes, load_backbone_weights=False)

@@ -306,3 +306,66 @@ def test_bad_parameters_and_missing_files_are_user_errors(tmp_path: Path) -> Non
         load_homographies(tmp_path)
     with pytest.raises(DataError, match="000000.npz"):
         load_flow(tmp_path, "000000", "forward")
+
+
+def test_the_summary_gives_the_training_samples_training_sees(tiny_synthetic: Path) -> None:
+    """One labelled training sample per train clip, for image and video training alike; the CLI says how many."""
+    from data.frames import read_split
+    from data.image_dataset import LabelledFrames
+    from data.synthetic.__main__ import summary
+    from data.video_batch import DataNeeds
+    from data.video_dataset import video_samples
+
+    params = SyntheticParams.from_json(read_meta(tiny_synthetic)["params"])
+    clips = read_split(tiny_synthetic, "train", SYNTHETIC)
+    image = LabelledFrames(clips, SYNTHETIC, (64, 96), train=True)
+    video = video_samples(clips, SYNTHETIC, (64, 96), DataNeeds(), train=True)
+    assert len(image) == len(video) == params.train_samples == 4  # 2 videos x 2 clips
+    assert summary(params).startswith(
+        "4 train clips, i.e. 4 labelled training samples for image and video training"
+    )
+    assert SyntheticParams().train_samples == 96  # the default set
+
+
+def test_force_replaces_only_what_the_generator_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--force used to delete the whole folder, with the files the user had added to it."""
+    out = tmp_path / "synthetic"
+    args = ["--out", str(out), "--height", "64", "--width", "96", "--train-videos", "1", "--val-videos", "1",
+            "--clips-per-video", "1", "--train-clip-len", "2", "--val-clip-len", "2", "--workers", "1", "--quiet"]  # fmt: skip
+    cli_main(args)
+    clip = out / "data" / _clips(out, "train")[0]
+    mine = {"notes.txt": b"top level", f"data/{clip.name}/my_labels.txt": b"in a clip",
+            "data/extra/a.txt": b"own folder", f"data/{clip.name}/origin/000000_edited.png": b"beside a frame"}  # fmt: skip
+    for rel, data in mine.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    capsys.readouterr()
+    cli_main([*args, "--seed", "9", "--force"])
+    assert read_meta(out)["params"]["seed"] == 9
+    assert {
+        rel: (out / rel).read_bytes() for rel in mine
+    } == mine  # every file of the user's is kept, as it was
+    assert f"kept {len(mine)} file(s) the generator did not write" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    cli_main([*args, "--seed", "9", "--out", str(fresh)])
+    assert {k: v for k, v in _files(out).items() if k not in mine} == _files(fresh)  # the rest is the new set
+    assert not list(tmp_path.glob(".synthetic.tmp-*"))
+
+    # a file of the user's where the new set writes one of its own: refused before anything changes
+    (out / "data" / "0002_vid02_00" / "origin").mkdir(parents=True)
+    (out / "data" / "0002_vid02_00" / "origin" / "000000.png").write_bytes(b"mine")
+    before = _files(out)
+    with pytest.raises(DataError, match="0002_vid02_00/origin/000000.png: your file is where the new set"):
+        cli_main([*args, "--train-videos", "2", "--force"])
+    assert _files(out) == before and not list(tmp_path.glob(".synthetic.tmp-*"))
+
+    # a split file edited to point outside the set never makes the generator delete there
+    outside = tmp_path / "outside" / "origin"
+    outside.mkdir(parents=True)
+    (outside / "000000.png").write_bytes(b"not in the set")
+    (out / "train.txt").write_text("../../outside\n" + (out / "train.txt").read_text())
+    cli_main([*args, "--force"])
+    assert (outside / "000000.png").read_bytes() == b"not in the set"
+    assert read_meta(out)["params"]["seed"] == SyntheticParams().seed  # regenerated with the default seed

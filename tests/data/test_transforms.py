@@ -433,3 +433,41 @@ def test_invalid_samples_are_rejected():
         ImageTrainAugment(False)(ClipSample(clip.frames, [None]), np.random.default_rng(0))
     with pytest.raises(ValueError):
         VideoTrainAugment(False, scales=(0.9, 1.1))
+
+
+def _only_photometry(mode: str, **ranges: object) -> VideoTrainAugment:
+    return VideoTrainAugment(False, p_flip=0.0, p_scale=0.0, p_photometric=1.0, photometric=mode, **ranges)
+
+
+def test_reference_photometry_is_a_gain_about_zero_with_a_grey_level_brightness():
+    """ssp.md 7.8: the reference's contrast is alpha * x (about 0, not mid-grey) and its brightness adds b grey
+    levels, not b * 255; with contrast alone, dark pixels barely move and bright ones move the most."""
+    clip = make_clip(1, 13)
+    contrast_only = dict(hue=0.0, sat=0.0, val=0.0, gamma=(1.0, 1.0), brightness=0.0)
+    for seed in range(4):
+        rng_draws = np.random.default_rng(seed)
+        rng_draws.random(), rng_draws.random(), rng_draws.random()  # flip, scale, photometric gates
+        alpha = 1.0 + rng_draws.uniform(-0.2, 0.2)
+        out = _only_photometry("reference", **contrast_only)(clip, np.random.default_rng(seed))
+        expected = np.clip(np.rint(clip.frames[0].astype(np.float64) * alpha), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(out.frames[0], expected)
+    # brightness alone: +-0.2 grey levels rounds away (the reference's no-op); tcseg's default shifts by up to 51
+    brightness_only = dict(contrast=0.0, hue=0.0, sat=0.0, val=0.0, gamma=(1.0, 1.0))
+    for seed in range(4):
+        ref = _only_photometry("reference", **brightness_only)(clip, np.random.default_rng(seed))
+        assert np.array_equal(ref.frames[0], clip.frames[0])
+    moved = [
+        np.abs(_only_photometry("mid_grey", **brightness_only)(clip, np.random.default_rng(s)).frames[0].astype(int)
+               - clip.frames[0].astype(int)).mean()
+        for s in range(4)
+    ]  # fmt: skip
+    assert max(moved) > 5.0
+
+
+def test_reference_photometry_applies_gamma_after_hsv_and_rejects_unknown_modes():
+    clip = make_clip(1, 14)
+    ref = _only_photometry("reference")(clip, np.random.default_rng(1))
+    tcseg = _only_photometry("mid_grey")(clip, np.random.default_rng(1))
+    assert ref.frames[0].shape == tcseg.frames[0].shape and not np.array_equal(ref.frames[0], tcseg.frames[0])
+    with pytest.raises(ValueError, match="photometric"):
+        VideoTrainAugment(False, photometric="albumentations")

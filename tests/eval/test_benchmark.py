@@ -73,7 +73,7 @@ def test_video_run_benchmark_fp32(video_run: Path) -> None:
     assert {"backbone", "head", "warp", "fusion", "registration", "upsample", "argmax"} <= set(
         res["video/fp32"]["stages_ms"]
     )
-    assert set(res["image/fp32"]["stages_ms"]) == {"backbone", "head", "upsample", "argmax"}
+    assert set(res["image/fp32"]["stages_ms"]) == {"backbone", "head", "upsample", "argmax", "other"}
     assert res["ratio/fp32"] == round(res["video/fp32"]["fps"] / res["image/fp32"]["fps"], 3)
     described = report["video_model"]
     assert described["method"] == "base"
@@ -109,7 +109,7 @@ def test_video_run_benchmark_both_precisions_and_options(video_run: Path) -> Non
 
 
 def test_bad_arguments_are_config_errors(video_run: Path) -> None:
-    for bad in (["--frames", "0"], ["--runs", "0"], ["--warmup", "-1"]):
+    for bad in (["--frames", "0"], ["--runs", "0"], ["--warmup", "-1"], ["--height", "0"], ["--width", "-8"]):
         with pytest.raises(ConfigError, match="at least"):
             benchmark.main([str(video_run), *QUICK, *bad])
     if not torch.cuda.is_available():
@@ -128,7 +128,7 @@ def test_image_run_benchmark_has_image_entries_only(tiny_image_run: Path, tmp_pa
     assert set(report["results"]) == {"image/fp32", "image/bf16"}
     for entry in report["results"].values():
         _check_entry(entry, frames=5, runs=2)
-        assert set(entry["stages_ms"]) == {"backbone", "head", "upsample", "argmax"}
+        assert set(entry["stages_ms"]) == {"backbone", "head", "upsample", "argmax", "other"}
 
 
 def test_dff_run_reports_its_own_stages(tiny_synthetic: Path, tiny_image_run: Path, tmp_path: Path) -> None:
@@ -169,3 +169,26 @@ def test_the_report_flags_noisy_runs() -> None:
               "video_model": {"method": "base", "inference": "recurrent", "helpers": {}}}  # fmt: skip
     text = benchmark.format_report(report)
     assert "warning: video/fp32: the timed runs differ by 24 %" in text and "median of the timed runs" in text
+
+
+def test_stage_times_are_exclusive_and_split_the_frame_time() -> None:
+    """A stage nested in another is not counted twice, and with 'other' the stages add up to the frame time."""
+    import time
+
+    from eval.benchmark import OTHER_STAGE, StageTimer, stage_split
+
+    timer = StageTimer(torch.device("cpu"))
+    t0 = time.perf_counter()
+    with timer("outer"):
+        time.sleep(0.02)
+        with timer("inner"):
+            time.sleep(0.03)
+    block_ms = (time.perf_counter() - t0) * 1e3
+    frame_ms = block_ms + 5.0  # 5 ms outside every stage
+    assert timer.ms["inner"] >= 30.0 and timer.ms["outer"] >= 20.0
+    # exclusive: outer + inner is the block's time once (inclusive timing would count the inner 30 ms twice)
+    assert timer.ms["outer"] + timer.ms["inner"] == pytest.approx(block_ms, abs=2.0)
+    split = stage_split(timer.ms, frame_ms)
+    assert sum(split.values()) == pytest.approx(frame_ms)
+    assert split[OTHER_STAGE] == pytest.approx(frame_ms - timer.ms["inner"] - timer.ms["outer"])
+    assert split[OTHER_STAGE] >= 5.0

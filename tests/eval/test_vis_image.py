@@ -73,21 +73,27 @@ def test_best_model_flag_and_run_by_name(trained_run: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("evaluation", "write_res", "save_logits"), list(itertools.product([True, False], repeat=3))
+    ("evaluation", "write_res", "save_logits"),
+    list(itertools.product([True, False], [None, True, False], [True, False])),
 )
-def test_every_flag_combination_works(trained_run: Path, tmp_path: Path, evaluation: bool, write_res: bool,
-                                      save_logits: bool) -> None:  # fmt: skip
+def test_every_flag_combination_works(trained_run: Path, tmp_path: Path, evaluation: bool,
+                                      write_res: bool | None, save_logits: bool) -> None:  # fmt: skip
+    """write_res None: neither --write-res nor --no-write-res; pictures then, except for a logits dump."""
     run = tmp_path / trained_run.name
     run.mkdir()
     for name in ("last.pth", "config.yaml"):
         (run / name).write_bytes((trained_run / name).read_bytes())
     flags = ["--num-workers", "0", "--split", "train", "--skip-frames", "3"]
     flags += [] if evaluation else ["--no-evaluation"]
-    flags += [] if write_res else ["--no-write-res"]
+    flags += {None: [], True: ["--write-res"], False: ["--no-write-res"]}[write_res]
     flags += ["--save-logits"] if save_logits else []
     result = vis_image.main([str(run), *flags])
     assert (result is not None) == evaluation
-    assert (run / "results" / "train" / "pred").is_dir() == write_res
+    pictures = write_res if write_res is not None else not (save_logits and not evaluation)
+    results = run / "results" / "train"
+    assert (results / "pred").is_dir() == pictures
+    for kind in ("color", "overlay", "video"):  # a logits dump writes none of the pictures
+        assert (results / kind).is_dir() == pictures
     assert (run / "results" / "train" / "metrics.json").is_file() == evaluation
     logits_dir = run / "logits" / "train"
     assert logits_dir.is_dir() == save_logits

@@ -129,6 +129,11 @@ def test_no_training_writes_an_epoch_zero_checkpoint(tiny_overrides: list[str]) 
     assert ckpt["epoch"] == 0 and ckpt["kind"] == "image"
 
 
+def test_reference_photometry_is_refused_for_image_training(tiny_overrides: list[str]) -> None:
+    with pytest.raises(ConfigError, match="data_cfg.photometric: reference applies to video training only"):
+        train_image.main(["base_synthetic", *tiny_overrides, "data_cfg.photometric=reference"])
+
+
 def test_missing_dataset_is_a_data_error(tiny_overrides: list[str], tmp_path: Path) -> None:
     with pytest.raises(
         DataError, match="dataset folder .* not found: prepare it with `bash process_dataset.sh"
@@ -202,3 +207,30 @@ def test_a_failed_start_leaves_nothing_and_a_failed_run_says_why(tmp_path: Path)
         raise DataError("datasets/synthetic/val.txt not found")
     assert "FAILED: datasets/synthetic/val.txt not found" in (trained / "log.txt").read_text()
     assert (trained / "last.pth").exists()
+
+
+def test_a_batch_larger_than_the_train_split_says_how_to_fix_it(
+    tiny_overrides: list[str], tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    """The tiny set has 4 training samples: the error gives the largest batch that fits, and a generator command
+    that really yields enough samples."""
+    import shlex
+
+    from data.catalog import SYNTHETIC
+    from data.frames import read_split
+    from data.image_dataset import LabelledFrames
+    from data.synthetic.__main__ import main as generate_cli
+
+    with pytest.raises(ConfigError) as err:
+        train_image.main(["base_synthetic", *tiny_overrides, "training_cfg.batch_size=6"])
+    command = (f"python -m data.synthetic --out {tiny_synthetic} --height 64 --width 96 --val-videos 1 "
+               "--train-clip-len 4 --val-clip-len 5 --train-videos 3 --force")  # fmt: skip
+    assert str(err.value) == (
+        "training_cfg.batch_size: one step needs 6 samples (batch 6 x accumulation 1 x 1 processes) but the train "
+        f"split has 4; set training_cfg.batch_size <= 4, or generate more clips with `{command}`"
+    )
+    args = shlex.split(command)[3:]  # the suggested command, into another folder (the fixture is shared)
+    args[args.index(str(tiny_synthetic))] = str(tmp_path / "more")
+    generate_cli([*args, "--workers", "1", "--quiet"])
+    train = LabelledFrames(read_split(tmp_path / "more", "train", SYNTHETIC), SYNTHETIC, (64, 96), train=True)
+    assert len(train) == 6

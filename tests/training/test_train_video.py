@@ -94,6 +94,35 @@ def test_an_image_run_streams_through_eval_vis_video_with_the_image_scores(
     assert bf16 is not None and bf16["precision"] == "bf16" and 0.0 <= bf16["miou"]["value"] <= 1.0
 
 
+def test_the_side_by_side_image_panel_says_whose_network_it_shows(
+    tiny_image_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video run's image network is its own (fine-tuned unless frozen), not the image run's: the title says so."""
+    from eval.vis.outputs import SideBySideWriter
+    from models.runs import load_image_model
+    from models.video.per_frame import PerFrame
+
+    image_model, _, _ = load_image_model(tiny_image_run)
+    tuned, frozen = PerFrame(image_model), PerFrame(image_model, freeze_image_model=True)
+    assert eval_video.image_panel_title(tuned, {"kind": "video"}) == "image net (tuned here)"
+    assert eval_video.image_panel_title(frozen, {"kind": "video"}) == "image net (frozen)"
+    assert eval_video.image_panel_title(tuned, {"kind": "image"}) == "image model"
+
+    titles: list[list[str]] = []
+
+    class Recorder(SideBySideWriter):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            titles.append(self.titles)
+
+    monkeypatch.setattr(eval_video, "SideBySideWriter", Recorder)
+    run = Path(shutil.copytree(tiny_image_run, tmp_path / tiny_image_run.name))  # results go into the run
+    eval_video.main([str(run), "--num-workers", "0", "--no-evaluation"])
+    # an image run streams through the per-frame adapter: the panel shows the model itself
+    assert titles == [["frame", "image model", "video model", "ground truth"]]
+    assert list((run / "results" / "val" / "side_by_side").glob("*.gif"))
+
+
 def test_missing_image_run_and_wrong_kind_are_clear_errors(
     tiny_video_overrides: list[str], tiny_image_run: Path
 ) -> None:
@@ -122,7 +151,7 @@ def test_torchrun_two_processes_train_ssp(tiny_video_overrides: list[str], tmp_p
            "training_cfg.vis_samples=0", "training_cfg.num_epochs=1"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (run,) = list((tmp_path / "checkpoints").iterdir())
+    (run,) = [p for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()]  # beside RUNS.txt
     last = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
     assert last["finished"] and last["step"] == 4 // (2 * 2)  # 4 labelled pairs, batch 2 x 2 processes
     assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
@@ -154,7 +183,7 @@ def test_a_model_running_opencv_trains_with_forked_loader_workers(
            "training_cfg.max_steps_per_epoch=1", "training_cfg.max_val_samples=2", "training_cfg.vis_samples=0"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (run,) = list((tmp_path / "checkpoints").iterdir())
+    (run,) = [p for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()]  # beside RUNS.txt
     last = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
     assert last["finished"] and last["epoch"] == 2
 

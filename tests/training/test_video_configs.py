@@ -31,11 +31,13 @@ CONFIGS = sorted(p.stem for p in (CONFIG_ROOT / "video").glob("*.yaml"))
 def _training_key(name: str) -> tuple:
     """What makes a config train differently from another: its method, whether the temporal loss is on, and the
     helpers' providers (registration, the loss's flow, a method's own flow)."""
-    v = to_dict(load(name, "video").video_model_cfg)
+    cfg = load(name, "video")
+    v = to_dict(cfg.video_model_cfg)
     tc = v["const_loss_lb"] > 0
     own = {k: x for k, x in v.items() if isinstance(x, dict) and k not in ("registration", "flow", "tc_loss")}
     # the registration provider matters to methods that register (their builder then records it as a helper)
-    return (v["model_name"], tc, v["k_registrator_model"], v["flow"]["backend"] if tc else None, str(own))
+    registration = (v["k_registrator_model"], cfg.loader_registration_name)
+    return (v["model_name"], tc, registration, v["flow"]["backend"] if tc else None, str(own))
 
 
 def _representatives() -> list[str]:
@@ -145,6 +147,8 @@ def test_video_config_loads_and_builds_its_variant(
     if hasattr(model, "sim"):  # SSP: the similarity and the registration provider of the file
         assert isinstance(model.sim, SIMILARITY.get(vcfg.sim_op)), (name, type(model.sim))
         assert described["helpers"]["registration"]["settings"]["provider"] == vcfg.k_registrator_model
+        loader = model.helpers()["loader_registration"]  # opencv_homos: opencv_model_type in the loader
+        assert (loader and loader.name) == cfg.loader_registration_name
 
 
 def test_training_covers_every_method_and_loss() -> None:

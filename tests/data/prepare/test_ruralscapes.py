@@ -3,7 +3,9 @@ labels), with tiny extraction constants: every 2nd frame plus the last, clips of
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from config.errors import run_cli
 from data.catalog import RURALSCAPES
 from data.prepare import cli, ruralscapes
 from data.prepare.common import BuildContext, PrepareError, Report
@@ -178,3 +181,46 @@ def test_driver_end_to_end_then_train_one_step(tmp_path: Path, archive: Path) ->
     assert report["pixels_per_class"]["water"] > 0 and report["converter"]["train_clips"] == 2
     train_one_step("ruralscapes", root, tmp_path / "ck", (H, W))
     assert any((tmp_path / "ck").rglob("*.pth"))
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("case", ["parent_member", "absolute_member", "tar_parent_member", "wrong_archive",
+                                  "damaged"])  # fmt: skip
+def test_a_refused_archive_leaves_no_staging_folder_and_no_unrelated_note(
+    tmp_path: Path, archive: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused archive used to leave .ruralscapes.partial/ (with its lock) behind, and every refusal carried
+    the note about damaged downloads, also when the archive was unsafe rather than damaged."""
+    datasets, extra = archive.parent, []
+    if case in ("parent_member", "absolute_member"):
+        with zipfile.ZipFile(archive, "a") as zf:
+            zf.writestr("../evil.txt" if case == "parent_member" else "/tmp/evil.txt", b"pwned")
+    elif case == "tar_parent_member":
+        archive.unlink()
+        _tar(datasets / "Ruralscapes.tar.gz", {"Ruralscapes/videos/a.mp4": b"x", "../../evil.txt": b"pwned"})
+        extra = ["--archive", f"ruralscapes={datasets / 'Ruralscapes.tar.gz'}"]
+    elif case == "wrong_archive":
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("Other/readme.txt", b"not RuralScapes")
+    else:
+        archive.write_bytes(archive.read_bytes()[:2000])
+    before = sorted(p.name for p in datasets.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(cli.main, ["--only", "ruralscapes", "--datasets-dir", str(datasets), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("prepare error: ") and err.count("\n") == 1
+    expected = {"parent_member": "would be written outside", "absolute_member": "would be written outside",
+                "tar_parent_member": "would be written outside", "wrong_archive": "no videos/*.mp4 inside",
+                "damaged": "damaged or incomplete"}[case]  # fmt: skip
+    assert expected in err
+    assert ("often arrives damaged" in err) == (case == "damaged")  # the note only where it is about
+    assert sorted(p.name for p in datasets.iterdir()) == before  # no .ruralscapes.partial (nor its lock)
+    assert not list(tmp_path.rglob("evil.txt")) and not Path("/tmp/evil.txt").exists()
