@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo docs lint clean-demo
+.PHONY: setup test test-slow demo zoo docs lint clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-extra.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test-slow: setup
 # Generate the synthetic aerial video set, train the image model on it, evaluate it, print the results table.
 demo: setup
 	$(PY) -m training.demo
+
+# Train base_synthetic and every config/video/*_synthetic.yaml from it, evaluate and benchmark each, and write the
+# leaderboard (checkpoints/leaderboard/); resumable. ZOO_ARGS passes options, e.g. ZOO_ARGS=--quick.
+zoo: setup
+	$(PY) -m training.zoo $(ZOO_ARGS)
 
 docs: setup
 	$(PY) -m config.docs --write

@@ -232,7 +232,7 @@ class VideoModelCfg:
     model_name: Literal["base", "dff2", "per_frame", "netwarp", "tcb"] = opt(
         "base",
         "base = SSP (semantic similarity propagation); dff2 = DFF; per_frame = the image model per frame; "
-        "netwarp, tcb: planned (the config loads, building the model says not available yet)",
+        "netwarp = NetWarp; tcb = TCB (an OCR or PPM temporal context block, see video_model_cfg.tcb)",
         registry="video model",
         registry_extra=tuple(PLANNED_VIDEO_METHODS),
     )

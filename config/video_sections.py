@@ -108,12 +108,15 @@ class DFFCfg(FeatureFlowCfg):
 
 @dataclass
 class NetWarpCfg(FeatureFlowCfg):
-    """`video_model_cfg.netwarp`: NetWarp (``model_name: netwarp``, ``ssp.md`` §4.2; planned, not available yet)."""
+    """`video_model_cfg.netwarp`: NetWarp (``model_name: netwarp``, ``ssp.md`` §4.2).
+
+    The FlowCNN and the per-level fusion weights need no setting: their sizes come from the image model.
+    """
 
 
 @dataclass
 class TCBCfg:
-    """`video_model_cfg.tcb`: temporal context blocks (``model_name: tcb``, ``ssp.md`` §4.3-4.4; planned)."""
+    """`video_model_cfg.tcb`: temporal context blocks (``model_name: tcb``, ``ssp.md`` §4.3-4.4)."""
 
     module: Literal["ocr", "ppm"] = opt(
         "ocr",
@@ -126,7 +129,14 @@ class TCBCfg:
     ppm_reduce: Literal["mean", "sum"] = opt(
         "mean", "ppm: how the weighted pooled maps of the frames combine"
     )
+    ocr_channels: int | None = opt(None, "ocr: width of the block's features; null = C4 (reference)", min=1)
+    ocr_key_channels: int | None = opt(
+        None, "ocr: width of the attention keys; null = half of ocr_channels (reference)", min=1
+    )
+    ppm_channels: int = opt(
+        512, "ppm: width of each pooled branch and of the bottleneck (reference: 512)", min=1
+    )
 
 
 # Model names the reference has and tcseg accepts in configs, whose models are not available yet.
-PLANNED_VIDEO_METHODS = {"netwarp": "NetWarp (ssp.md 4.2)", "tcb": "TCB-OCR/TCB-PPM (ssp.md 4.3, 4.4)"}
+PLANNED_VIDEO_METHODS: dict[str, str] = {}

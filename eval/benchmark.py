@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _short(value: Any) -> str:
+def short_settings(value: Any) -> str:
     """A settings dict by its provider or model name (the JSON report has the rest)."""
     if isinstance(value, dict):
         return str(value.get("provider", value.get("model", value)))
@@ -287,9 +287,9 @@ def format_report(report: dict) -> str:
         k: v for k, v in described.items() if k not in ("method", "inference", "helpers") and v is not None
     }
     lines.append(f"method: {described['method']} ({described['inference']})"
-                 + "".join(f", {k} {_short(v)}" for k, v in own.items()))  # fmt: skip
+                 + "".join(f", {k} {short_settings(v)}" for k, v in own.items()))  # fmt: skip
     for name, helper in described["helpers"].items():
-        lines.append(f"{name}: {_short(helper['settings']) if helper else 'none'}")
+        lines.append(f"{name}: {short_settings(helper['settings']) if helper else 'none'}")
     lines.append(
         f"  {'model/precision':<16}{'FPS':>8}{'mean ms':>10}{'median':>9}{'p90 ms':>9}{'spread':>8}{'peak MB':>10}"
         "  stages (ms, separate timed pass)"

@@ -25,11 +25,11 @@ from config.errors import ConfigError
 from config.schema import DFFCfg, VideoConfig
 from data.frames import FramePair
 from data.transforms import denormalize
-from models.flow import build_flow
+from models.flow import build_feature_flow, flow_to_previous
 from models.flow.base import FlowProvider
 from models.flow.gt import resize_flow
 from models.image.segmentor import Segmentor
-from models.registry import FLOW_NETWORKS, VIDEO_MODELS
+from models.registry import VIDEO_MODELS
 from models.video.base import DataNeeds, StepOutput, StepSide, VideoModel
 from models.warp import flow_warp
 
@@ -157,13 +157,7 @@ class DFF(VideoModel):
 
     def _flow(self, cur01: Tensor, prev01: Tensor, pair: FramePair | None) -> Tensor:
         """[B,2,H,W]: the displacement at the current frame's pixels pointing into the previous frame."""
-        if self.flow_network is not None:
-            return self.flow_network(cur01, prev01)
-        # The provider computes img1 -> img2 = current -> previous, so the pair on disk is reversed too.
-        pairs = (
-            None if pair is None else [FramePair(pair.second_path, pair.first_path, pair.second, pair.first)]
-        )
-        return self.flow(cur01, prev01, pairs)
+        return flow_to_previous(self.flow_network, self.flow, cur01, prev01, pair)
 
 
 @VIDEO_MODELS.register("dff2")
@@ -177,10 +171,10 @@ def build_dff(
 ) -> DFF:
     """DFF from a video config (``video_model_cfg.dff``; unset = the defaults), with its flow.
 
-    ``train_flow`` builds a trainable network from :data:`FLOW_NETWORKS` (its start weights from the local file,
-    unless ``pretrained=False``: a DFF checkpoint, which holds the trained network, is loaded right after);
-    otherwise a frozen provider from :func:`models.flow.build_flow` (its weights are always needed: a frozen
-    provider is not in the checkpoint). ``use_caches`` has no effect (DFF caches nothing).
+    The flow comes from :func:`models.flow.build_feature_flow`: with ``train_flow`` a trainable network (start
+    weights from the local file unless ``pretrained=False``: a DFF checkpoint, holding the trained network, is
+    loaded right after), otherwise a frozen provider (its weights are always needed: it is not in checkpoints).
+    ``use_caches`` has no effect (DFF caches nothing).
     """
     vcfg = cfg.video_model_cfg
     dcfg = vcfg.dff if vcfg.dff is not None else DFFCfg()
@@ -188,27 +182,7 @@ def build_dff(
         raise ConfigError(
             f"data_cfg.adjacent_frames: DFF trains on (t-1, t) pairs; use [-1], got {cfg.data_cfg.adjacent_frames}"
         )
-    network: nn.Module | None = None
-    provider: FlowProvider | None = None
-    if dcfg.train_flow:
-        if dcfg.flow not in FLOW_NETWORKS:
-            raise ConfigError(
-                f"video_model_cfg.dff.flow: '{dcfg.flow}' is not a trainable flow network (trainable: "
-                f"{', '.join(FLOW_NETWORKS.names())}); set dff.train_flow: false to use it as a frozen provider"
-            )
-        network = FLOW_NETWORKS.build(
-            dcfg.flow,
-            weights=dcfg.flow_weights,
-            iters=dcfg.flow_iters,
-            input_norm=dcfg.flow_input_norm,
-            load_weights=pretrained,
-            weights_setting="video_model_cfg.dff.flow_weights",
-        )
-    else:
-        provider = build_flow(
-            dcfg.flow, dcfg.flow_weights, dcfg.flow_iters, dcfg.flow_input_norm, "replicate", device=device,
-            weights_setting="video_model_cfg.dff.flow_weights",
-        )  # fmt: skip
+    network, provider = build_feature_flow(dcfg, "video_model_cfg.dff", device, pretrained)
     return DFF(
         image_model,
         k_interval=dcfg.k_interval,

@@ -1,0 +1,150 @@
+"""The model zoo: ``python -m training.zoo`` (``make zoo``) trains every synthetic method and ranks them.
+
+On the embedded synthetic aerial video set (generated on first use):
+
+1. train the image model (``config/image/base_synthetic.yaml``);
+2. train every video config named ``config/video/*_synthetic.yaml`` from that image run — discovered, so a new
+   method's synthetic config joins the zoo without any change here;
+3. evaluate and benchmark each run and write the leaderboard with ``eval.compare`` (``<save_dir>/leaderboard/``).
+
+Each model has its own run folder. The zoo is resumable: ``<out>/zoo.json`` records the run of each step with the
+overrides it was trained with, and a rerun skips a finished run trained the same way (``eval.compare`` in turn
+skips evaluations and benchmarks whose files exist). The benchmark settings (``--bench-*``, ``--threads``) are
+modest by default so that the whole zoo stays under an hour on 2 CPU cores; they are written into ``zoo.json``
+and the leaderboard. ``--quick`` trains each model for a couple of steps and times a few frames: a smoke test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from config.cli import CliParser, at_least
+from config.errors import ConfigError, run_cli
+from config.files import atomic_write_text, check_writable
+from config.loader import CONFIG_ROOT, load
+from data.frames import ensure_dataset
+from eval import compare
+from training import train_image, train_video
+from training.run_index import run_status
+
+IMAGE_CONFIG = "base_synthetic"
+VIDEO_PATTERN = "*_synthetic.yaml"
+# --quick: a couple of optimizer steps per model, no pictures, no warm-up epochs (a smoke path, not a result).
+QUICK_TRAIN = ["training_cfg.num_epochs=1", "training_cfg.max_steps_per_epoch=2", "training_cfg.max_val_samples=2",
+               "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0"]  # fmt: skip
+QUICK_VIDEO = ["training_cfg.early_stopping=null"]
+STATE_NAME = "zoo.json"
+OUT_FIX = "pass another --out folder"
+
+
+def video_configs(only: list[str] | None = None) -> list[str]:
+    """The names of ``config/video/*_synthetic.yaml`` (sorted), restricted to ``only`` when given."""
+    names = sorted(p.stem for p in (CONFIG_ROOT / "video").glob(VIDEO_PATTERN))
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(f"--only {', '.join(unknown)}: no such config/video/{VIDEO_PATTERN} "
+                              f"(there are: {', '.join(names)})")  # fmt: skip
+        names = [n for n in names if n in only]
+    return names
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"runs": {}}
+    return state if isinstance(state.get("runs"), dict) else {"runs": {}}
+
+
+def _reusable(entry: dict | None, overrides: list[str]) -> Path | None:
+    """The recorded run of a step when it finished and was trained with the same overrides, else None."""
+    if not entry or entry.get("overrides") != overrides:
+        return None
+    run = Path(entry.get("run", ""))
+    return run if run.is_dir() and run_status(run) == "finished" else None
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = CliParser(prog="python -m training.zoo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--image", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override for {IMAGE_CONFIG} (repeatable); its save_dir and data_cfg also apply to "
+                        "every video run")  # fmt: skip
+    p.add_argument("--video", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every video config (repeatable)")  # fmt: skip
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help=f"train only this video config (repeatable; default: every config/video/{VIDEO_PATTERN})")  # fmt: skip
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: a few steps per model, a few timed frames"
+    )
+    p.add_argument("--out", default=None, help="leaderboard folder (default: <save_dir>/leaderboard)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--bench-frames", type=at_least(1), default=100, help="timed frames per benchmark run")
+    p.add_argument("--bench-warmup", type=at_least(0), default=10)
+    p.add_argument("--bench-runs", type=at_least(1), default=3)
+    p.add_argument("--threads", type=at_least(1), default=1,
+                   help="CPU torch threads while timing (1, as make demo: the registration gets the other core)")  # fmt: skip
+    p.add_argument("--num-workers", type=at_least(0), default=2, help="data workers of the evaluations")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    names = video_configs(args.only or None)
+    quick_image = QUICK_TRAIN if args.quick else []
+    quick_video = [*QUICK_TRAIN, *QUICK_VIDEO] if args.quick else []
+    bench = (["--frames", "5", "--warmup", "1", "--bench-runs", "1"] if args.quick else
+             ["--frames", str(args.bench_frames), "--warmup", str(args.bench_warmup),
+              "--bench-runs", str(args.bench_runs)])  # fmt: skip
+
+    image_overrides = [*quick_image, *args.image]
+    cfg = load(IMAGE_CONFIG, "image", image_overrides)
+    out = Path(args.out) if args.out else Path(cfg.save_dir) / "leaderboard"
+    check_writable(out, fix=OUT_FIX)  # now, not after an hour of training
+    state_path = out / STATE_NAME
+    state = _load_state(state_path)
+    state["settings"] = {"quick": args.quick, "device": args.device, "threads": args.threads, "benchmark": bench,
+                         "video_configs": names}  # fmt: skip
+
+    def save_state() -> None:
+        atomic_write_text(state_path, json.dumps(state, indent=1), fix=OUT_FIX)
+
+    root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, tuple(cfg.data_cfg.crop_size))
+    print(f"== [zoo] synthetic dataset ready at {root}; video configs: {', '.join(names) or 'none'}")
+    # The video runs share the image run's data and save folder (the image overrides that name them).
+    shared = [o for o in args.image if o.split("=", 1)[0].startswith(("save_dir", "data_cfg."))]
+
+    runs: list[Path] = []
+    steps = [(IMAGE_CONFIG, "image", image_overrides)]
+    for i, (name, kind, overrides) in enumerate(steps + [(n, "video", []) for n in names], 1):
+        if kind == "video":
+            image_run = runs[0].resolve()
+            overrides = [*shared, *quick_video, f"image_model_cfg.checkpoint_name={image_run}", *args.video]
+        total = 1 + len(names)
+        run = _reusable(state["runs"].get(name), overrides)
+        if run is not None:
+            print(f"== [zoo] {i}/{total} {name}: finished run {run} reused")
+        else:
+            t = time.time()
+            print(f"== [zoo] {i}/{total} {name}: training")
+            run = (train_image if kind == "image" else train_video).main([name, *overrides])
+            state["runs"][name] = {"run": str(Path(run).resolve()), "overrides": overrides,
+                                   "train_s": round(time.time() - t, 1)}  # fmt: skip
+            save_state()
+            print(f"== [zoo] {i}/{total} {name}: trained in {time.time() - t:.0f} s: {run}")
+        runs.append(Path(run))
+    save_state()
+
+    t = time.time()
+    print(f"== [zoo] evaluating, benchmarking and ranking {len(runs)} runs")
+    rows = compare.main([*map(str, runs), "--out", str(out), "--device", args.device, "--threads", str(args.threads),
+                         "--num-workers", str(0 if args.quick else args.num_workers), *bench])  # fmt: skip
+    print(f"== [zoo] leaderboard in {out} ({time.time() - t:.0f} s); total {time.time() - t0:.0f} s")
+    for r in rows:
+        print(
+            f"  {r['rank']}. {r['config'] or r['run']:<24} mIoU {100 * r['miou']:6.2f}  FPS {r['fps']:7.1f}"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
