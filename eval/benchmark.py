@@ -24,6 +24,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,19 @@ class StageTimer:
             if self._open:
                 self._open[-1] += elapsed
             self.ms[name] = self.ms.get(name, 0.0) + elapsed - nested
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: ``VmHWM`` of Linux's ``/proc/self/status``, which starts afresh
+    at ``exec`` (``getrusage``'s ``ru_maxrss`` keeps the peak of the process that started this one), else
+    ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def stage_split(stage_ms: dict[str, float], frame_ms: float) -> dict[str, float]:
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
                 )  # the stage pass's frame time, which the split adds up to
                 entry["peak_memory_mb"] = (
                     round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda"
-                    else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+                    else round(peak_rss_mb(), 1)
                 )  # fmt: skip
                 entry["peak_memory_kind"] = (
                     "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"

@@ -62,7 +62,7 @@ def markdown(rows: list[dict], settings: dict) -> str:
         "Ranked by mIoU (highest first), ties by TC (`tc_reference`): TC alone rewards a constant prediction. "
         "Every number is read from the run's `results/<split>/metrics.json` and `benchmark/*.json`; 'x image' is "
         "the FPS relative to the run's own image network on the same frames and device; training time is the sum "
-        "of the epochs' times in the run's `metrics.json`. Peak memory on CPU is the process peak RSS.",
+        "of the epochs' times in the run's `metrics.json`. Peak memory on CPU is the benchmark process's own peak RSS (VmHWM).",
         "",
         "| " + " | ".join(titles) + " |",
         "|" + "|".join("---" for _ in cols) + "|",

@@ -192,3 +192,17 @@ def test_stage_times_are_exclusive_and_split_the_frame_time() -> None:
     assert sum(split.values()) == pytest.approx(frame_ms)
     assert split[OTHER_STAGE] == pytest.approx(frame_ms - timer.ms["inner"] - timer.ms["outer"])
     assert split[OTHER_STAGE] >= 5.0
+
+
+def test_peak_memory_is_this_process_own() -> None:
+    """A benchmark started by a big process reports its own peak (ru_maxrss would report the parent's)."""
+    import subprocess
+    import sys
+
+    from eval.benchmark import peak_rss_mb
+
+    code = "from eval.benchmark import peak_rss_mb; print(peak_rss_mb())"
+    ballast = bytearray(b"\x01") * (300 * 2**20)  # written pages: this process now peaks 300 MB higher
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[2]).stdout)  # fmt: skip
+    assert 0 < child < peak_rss_mb() - 250 and len(ballast) > 0
