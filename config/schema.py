@@ -29,6 +29,7 @@ from config.video_sections import (
     PLANNED_VIDEO_METHODS,
     DFFCfg,
     FlowCfg,
+    KDConsistencyCfg,
     NetWarpCfg,
     RegistrationCfg,
     TCBCfg,
@@ -45,6 +46,7 @@ __all__ = [
     "HIERA_SIZES",
     "ImageConfig",
     "ImageModelCfg",
+    "KDConsistencyCfg",
     "LossCfg",
     "ModelCfg",
     "NetWarpCfg",
@@ -86,12 +88,22 @@ class DataCfg:
         "video training photometry: contrast about mid-grey, brightness x255 (tcseg), or the reference's (ssp.md "
         "7.8: gain about 0, brightness +-0.2 grey levels = a no-op, order contrast, HSV, gamma)",
     )
-    soft_labels: bool = opt(False, "targets are per-class maps (knowledge distillation; not available yet)")
+    soft_labels: bool = opt(False, "targets are per-class maps (knowledge distillation: true with kldiv)")
     logit_distillation: bool = opt(
-        False, "train on saved teacher logits (knowledge distillation; not available yet)"
+        False, "train on a teacher's logits (knowledge distillation: true with loss_cfg.loss_func kldiv)"
     )
     logits_folder: str | None = opt(
-        None, "folder of saved teacher logits (knowledge distillation; not available yet)"
+        None,
+        "offline KD: the teacher's logits dump (python -m eval.vis.image TEACHER --save-logits), or the teacher run "
+        "holding logits/train; null = <teacher_run>/logits/train",
+    )
+    teacher_mode: Literal["offline", "online"] = opt(
+        "offline",
+        "KD: read the teacher's logits from logits_folder (offline), or run the frozen teacher_run inside the "
+        "training step (online; nothing on disk, teacher compute every step)",
+    )
+    teacher_run: str | None = opt(
+        None, "KD: the teacher image run (name under save_dir, or a path); required for teacher_mode online"
     )
     min_vid_len: int = opt(0, "legacy: skip clips shorter than this many frames", min=0)
     labeled_frames_per_vid: int | None = opt(None, "legacy reference key; must stay null")
@@ -240,7 +252,9 @@ class VideoModelCfg:
         0.0, "lambda, weight of the temporal-consistency loss (SSP configs: 0.5)", min=0
     )
     kd_consistent_labels: bool = opt(True, "KD: make teacher logits of t-1 and t flow-consistent (KD-SSP)")
-    last_out_loss_lb: float = opt(0.0, "KD: weight of the loss on frame t-1's raw prediction", min=0)
+    last_out_loss_lb: float = opt(
+        0.0, "KD-SSP: weight mu of the KL of frame t-1's raw image prediction to its teacher target", min=0
+    )
     pred_mixing_op: Literal["id", "conv"] = opt(
         "id", "transform of (warped past, current) logits before fusion", registry="prediction mixing op"
     )
@@ -267,6 +281,9 @@ class VideoModelCfg:
     registration: RegistrationCfg = field(default_factory=RegistrationCfg, metadata={"doc": "registration"})
     flow: FlowCfg = field(default_factory=FlowCfg, metadata={"doc": "flow for the temporal loss"})
     tc_loss: TCLossCfg = field(default_factory=TCLossCfg, metadata={"doc": "temporal-consistency loss"})
+    kd_consistency: KDConsistencyCfg = field(
+        default_factory=KDConsistencyCfg, metadata={"doc": "KD-SSP: flow-consistent teacher targets"}
+    )
     dff: DFFCfg | None = field(
         default=None, metadata={"doc": "DFF settings (model_name: dff2)", "method": "dff2"}
     )

@@ -4,7 +4,7 @@ section per method other than SSP. Kept apart from :mod:`config.schema`, which i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from config.fields import opt
@@ -52,6 +52,29 @@ class FlowCfg:
         "minus1_1", "RAFT input: [-1,1] as torchvision expects, or ImageNet-normalised (reference defect)"
     )
     pad: Literal["none", "replicate"] = opt("replicate", "pad frames to a multiple of 8 for RAFT")
+
+
+@dataclass
+class KDFlowCfg(FlowCfg):
+    """`video_model_cfg.kd_consistency.flow`: as `flow`, with the reference's 15 RAFT iterations (``ssp.md`` §5.4)."""
+
+    iters: int = opt(15, "RAFT refinement iterations", min=1)
+
+
+@dataclass
+class KDConsistencyCfg:
+    """`video_model_cfg.kd_consistency`: flow-consistent teacher targets of KD-SSP (``ssp.md`` §5.4)."""
+
+    mode: Literal["reference", "proper", "off"] = opt(
+        "proper",
+        "average the teacher logits of t-1 and t along the flow where visible: reference (both flows read at the "
+        "same pixel, one mask for both frames), proper (backward flow read at the displaced position, a mask per "
+        "frame, out-of-frame samples occluded) or off; kd_consistent_labels: false also means off",
+    )
+    flow: KDFlowCfg = field(
+        default_factory=KDFlowCfg,
+        metadata={"doc": "the frozen flow provider of the check (no gradient, outside the model and DDP)"},
+    )
 
 
 @dataclass

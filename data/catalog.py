@@ -37,6 +37,9 @@ class DatasetInfo:
     source_colors: dict[RGB, int] = field(default_factory=dict)
     # source label id -> training id, for datasets whose source labels are id images (Cityscapes)
     source_ids: dict[int, int] = field(default_factory=dict)
+    # the reference student's input size (data_cfg.crop_size, H, W): the default size of a teacher's logits dump
+    # (eval.vis.image --save-logits --logits-size student); None = no reference student (keep the teacher's size)
+    student_size: tuple[int, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +127,7 @@ UAVID = DatasetInfo(
     default_root="datasets/UAVid",
     fps=20.0,
     prepare_command="bash process_dataset.sh --only uavid",
+    student_size=(736, 1280),
     # UAVid RGB label colour -> raw value. Water (6) and roof (8) come from the VDD overlay, not from UAVid.
     source_colors={
         (0, 0, 0): 0,  # clutter -> ignore
@@ -162,6 +166,7 @@ RURALSCAPES = DatasetInfo(
     default_root="datasets/ruralscapes",
     fps=10.0,
     prepare_command="bash process_dataset.sh --only ruralscapes",
+    student_size=(736, 1280),
     # RuralScapes labels use the display colours; black is unlabeled.
     source_colors={(0, 0, 0): 0, **{c: i + 1 for i, c in enumerate(_RURAL_PALETTE)}},
 )
@@ -207,6 +212,7 @@ SYNTHETIC = DatasetInfo(
     default_root="datasets/synthetic",
     fps=10.0,
     prepare_command="python -m data.synthetic --out {root}",
+    student_size=None,  # generated at any size; the synthetic students share their teacher's input size
 )
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (UAVID, RURALSCAPES, CITYSCAPES, SYNTHETIC)}

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from data.catalog import IGNORE_INDEX, DatasetInfo
 from data.frames import Clip, frame_sampling, read_frame, read_mask
+from data.teacher import TeacherSource, teacher_maps
 from data.transforms import (
     ClipSample,
     center_square_crop,
@@ -59,6 +60,12 @@ class LabelledFrames(Dataset):
     Training: every labelled frame (with ``skip`` k: those at clip indices 1, 1+k, ...), augmented when
     ``augment`` is given. Validation: labelled frames whose clip index is a multiple of ``skip``; with
     ``square_crop`` the centre H x H crop (training-time validation, as the reference does).
+
+    With a ``teacher`` (:mod:`data.teacher`) each item also carries the teacher's entries (``teacher_logits``
+    [K,H,W], or ``teacher_grid`` and ``teacher_frames`` online), augmented with the same draw as the frame; the
+    training samples are then the distillation samples: every frame at clip indices 1, 1+k, ... (all frames for
+    k = 1), labelled or not (``ssp.md`` §6.1). Validation keeps its labelled frames (the teacher's logits of them
+    only give the KL to the teacher).
     """
 
     def __init__(
@@ -72,13 +79,19 @@ class LabelledFrames(Dataset):
         square_crop: bool = False,
         skip: int | None = None,
         seed: int = 0,
+        teacher: TeacherSource | None = None,
     ) -> None:
         self.clips, self.info, self.size_hw = clips, info, tuple(size_hw)
         self.train, self.augment, self.square_crop, self.seed = train, augment, square_crop, seed
+        self.teacher = teacher
         self.epoch = 0  # set by the training loop before each epoch (workers are re-created per epoch)
         k = skip or 1
         keep = (lambda i: k == 1 or i % k == 1) if train else (lambda i: i % k == 0)
-        self.samples = [FrameRef(c, i) for c, clip in enumerate(clips) for i in clip.labelled if keep(i)]
+
+        def candidates(clip: Clip) -> list[int]:
+            return list(range(len(clip))) if teacher is not None and train else clip.labelled
+
+        self.samples = [FrameRef(c, i) for c, clip in enumerate(clips) for i in candidates(clip) if keep(i)]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -87,28 +100,35 @@ class LabelledFrames(Dataset):
         ref = self.samples[idx]
         clip = self.clips[ref.clip]
         frame, label = load_frame(clip, ref.index, self.info, self.size_hw)
-        sample = ClipSample(frames=[frame], labels=[label])
+        soft = teacher_maps(self.teacher, clip, (ref.index,), self.size_hw)
+        sample = ClipSample(frames=[frame], labels=[label], soft=soft)
         if self.train and self.augment is not None:
             sample = self.augment(sample, np.random.default_rng((self.seed, self.epoch, idx)))
         elif self.train and self.square_crop:
             sample = random_square_crop(sample, np.random.default_rng((self.seed, self.epoch, idx)))
         elif self.square_crop:
             sample = center_square_crop(sample)
-        return {
+        item = {
             "image": to_tensor(sample.frames)[0],
             "label": torch.from_numpy(sample.labels[0].astype(np.int64)),
             "clip": clip.name,
             "frame": clip.frames[ref.index].stem,
         }
+        if self.teacher is not None:
+            entries = self.teacher.entries(clip, (ref.index,), sample.soft)
+            item.update({key: value[0] for key, value in entries.items()})  # one frame: drop T
+        return item
 
 
 class FrameStream(Dataset):
-    """Every frame of every clip in order (optionally the ``--skip-frames`` subset), for evaluation.
+    """Every frame of every clip in order (optionally a subset), for evaluation and logit dumps.
 
-    Item: ``image`` [3,H,W], ``label`` [H,W] int64 (all 255 when unlabelled), ``labelled`` bool, ``clip_index``,
-    ``t`` (index in the clip), ``clip`` and ``frame`` names, and ``rgb`` [H,W,3] uint8 for overlays. With
-    ``native_labels`` a labelled frame's ``label`` keeps the mask file's resolution (batch with
-    :func:`collate_stream`, since sizes may differ between clips).
+    ``skip_frames``: an int K keeps the frames with ``i mod K in {0, 1}`` (``--skip-frames``, the reference rule of
+    :func:`data.frames.frame_sampling`); a :class:`data.logits.FrameRule` keeps the frames it names
+    (``kd_samples(4)``: ``i mod 4 == 1`` only). Item: ``image`` [3,H,W], ``label`` [H,W] int64 (all 255 when
+    unlabelled), ``labelled`` bool, ``clip_index``, ``t`` (index in the clip), ``clip`` and ``frame`` names, and
+    ``rgb`` [H,W,3] uint8 for overlays. With ``native_labels`` a labelled frame's ``label`` keeps the mask file's
+    resolution (batch with :func:`collate_stream`, since sizes may differ between clips).
     """
 
     def __init__(
@@ -116,13 +136,28 @@ class FrameStream(Dataset):
         clips: list[Clip],
         info: DatasetInfo,
         size_hw: tuple[int, int],
-        skip_frames: int = 1,
+        skip_frames: int | FrameRule = 1,  # noqa: F821 (data.logits.FrameRule, imported in the body)
         native_labels: bool = False,
     ) -> None:
+        from data.logits import FrameRule
+
         self.clips, self.info, self.size_hw, self.native_labels = clips, info, tuple(size_hw), native_labels
-        self.items = [
-            FrameRef(c, i) for c, clip in enumerate(clips) for i in frame_sampling(len(clip), skip_frames)
-        ]
+        self.rule = skip_frames if isinstance(skip_frames, FrameRule) else None
+
+        def kept(n: int) -> list[int]:
+            return self.rule.indices(n) if self.rule is not None else frame_sampling(n, skip_frames)
+
+        self.items = [FrameRef(c, i) for c, clip in enumerate(clips) for i in kept(len(clip))]
+
+    def drop_done(self, done: Callable[[str, str], bool]) -> int:
+        """Remove the frames for which ``done(clip name, frame stem)`` is true (a resumed logits dump); returns how
+        many were removed. The remaining frames keep their order."""
+        before = len(self.items)
+        self.items = [r for r in self.items if not done(self.clips[r.clip].name, self.stem(r))]
+        return before - len(self.items)
+
+    def stem(self, ref: FrameRef) -> str:
+        return self.clips[ref.clip].frames[ref.index].stem
 
     def __len__(self) -> int:
         return len(self.items)

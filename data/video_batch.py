@@ -26,7 +26,7 @@ class DataNeeds:
         true_homographies: homographies from the dataset's stored ground truth, carried through augmentation.
         registration: a CPU registration provider the loader runs on the augmented frames (or None).
         true_flows: backward flows from the dataset's stored ground truth, carried through augmentation.
-        teacher_logits: saved teacher logits for every frame (distillation).
+        teacher: a loader-side teacher source (:mod:`data.teacher`) whose maps every frame carries (distillation).
     """
 
     offsets: tuple[int, ...] = (-1,)
@@ -34,7 +34,7 @@ class DataNeeds:
     true_homographies: bool = False
     registration: Any = None
     true_flows: bool = False
-    teacher_logits: bool = False
+    teacher: Any = None
 
     def merge(self, other: DataNeeds) -> DataNeeds:
         """Both sets of needs (a model's and its training step's); the frame layout must agree."""
@@ -48,12 +48,19 @@ class DataNeeds:
             true_homographies=self.true_homographies or other.true_homographies,
             registration=self.registration if self.registration is not None else other.registration,
             true_flows=self.true_flows or other.true_flows,
-            teacher_logits=self.teacher_logits or other.teacher_logits,
+            teacher=self.teacher if self.teacher is not None else other.teacher,
         )
 
 
 # Optional per-sample tensors a dataset may add; each is stacked over the batch when every item has it.
-_OPTIONAL = ("homographies", "flows", "teacher_logits", "registration_fallback")
+_OPTIONAL = (
+    "homographies",
+    "flows",
+    "teacher_logits",
+    "teacher_grid",
+    "teacher_frames",
+    "registration_fallback",
+)
 
 
 @dataclass
@@ -68,7 +75,9 @@ class VideoBatch:
         homographies: [B,T-1,3,3] float32 or None; entry i maps frame i onto frame i+1 (``p_{i+1} ~ H p_i``).
         flows: [B,T-1,2,H,W] float32 or None; entry i is the backward flow of frame i+1 onto frame i
             (``frame_{i+1}(p) ~ frame_i(p + f(p))``), carried through the augmentation.
-        teacher_logits: [B,T,K,H,W] float32 or None (distillation).
+        teacher_logits: [B,T,K,H,W] float16/float32 or None: saved teacher logits (offline distillation).
+        teacher_grid: [B,T,3,H,W] float32 or None: where each output pixel samples the teacher's logits (online).
+        teacher_frames: [B,T,3,Ht,Wt] float32 or None: the unaugmented frames at the teacher's size (online).
         registration_fallback: [B,T-1] bool or None: loader registrations that fell back to the identity.
         clips, frames_names: per sample, the clip name and the current frame's file stem.
     """
@@ -80,6 +89,8 @@ class VideoBatch:
     homographies: Tensor | None = None
     flows: Tensor | None = None
     teacher_logits: Tensor | None = None
+    teacher_grid: Tensor | None = None
+    teacher_frames: Tensor | None = None
     registration_fallback: Tensor | None = None
     clips: list[str] = field(default_factory=list)
     frame_names: list[str] = field(default_factory=list)

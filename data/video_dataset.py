@@ -32,6 +32,7 @@ from data.catalog import IGNORE_INDEX, DatasetInfo
 from data.frames import Clip, FramePair
 from data.image_dataset import LabelledFrames, load_frame
 from data.synthetic.io import load_flow, load_homographies
+from data.teacher import TeacherSource, teacher_maps
 from data.transforms import (
     ClipSample,
     apply_geometry,
@@ -114,6 +115,9 @@ class FramePairs(Dataset):
       frame i-1 to frame i in output pixels, ``p_i ~ H p_{i-1}`` (``ssp.md`` §3.2);
     - ``flows`` [T-1,2,H,W] float32 (with ``gt_flow``): entry i-1 is the backward flow of frame i, on frame
       i's pixels pointing into frame i-1 (x, y in output pixels): ``frame_i(p) ~ frame_{i-1}(p + f(p))``.
+    - with a ``teacher`` (:mod:`data.teacher`): ``teacher_logits`` [T,K,H,W] (offline) or ``teacher_grid``
+      [T,3,H,W] and ``teacher_frames`` [T,3,Ht,Wt] (online), augmented with the frames; training samples are then
+      every frame at clip indices 1, 1+k, ..., labelled or not (distillation, ``ssp.md`` §6.1).
 
     With ``max_key_offset`` > 1 (training, offsets ``[-1]`` only) the earlier frame of each training item is
     drawn at a random distance in ``[1, max_key_offset]`` (DFF's random key offset). :func:`collate_video`
@@ -148,6 +152,7 @@ class FramePairs(Dataset):
         gt_homographies: bool = False,
         gt_flow: bool = False,
         max_key_offset: int = 1,
+        teacher: TeacherSource | None = None,
     ) -> None:
         if edge_policy not in ("drop", "repeat_first"):
             raise ValueError(f"edge_policy must be 'drop' or 'repeat_first', got {edge_policy!r}")
@@ -173,8 +178,9 @@ class FramePairs(Dataset):
                 f"gt_flow needs contiguous offsets (the stored true flow links neighbouring frames only), "
                 f"got {list(offsets)}"
             )
-        # Same labelled-frame enumeration (skip rules) as image training; its constructor does no I/O.
-        refs = LabelledFrames(clips, info, self.size_hw, train=train, skip=skip).samples
+        self.teacher = teacher  # validation: still the labelled frames, scored against the human labels (6.5)
+        # Same sample enumeration (skip rules; training with a teacher: every 1 + k n frame) as image training
+        refs = LabelledFrames(clips, info, self.size_hw, train=train, skip=skip, teacher=teacher).samples
         self.samples: list[VideoSample] = []
         self.dropped = 0  # samples dropped by edge_policy "drop"
         for ref in refs:
@@ -200,8 +206,10 @@ class FramePairs(Dataset):
         frames = [loaded[i][0] for i in s.indices]
         # None for unlabelled frames: nothing to warp; they become all-ignore after augmentation
         labels = [loaded[i][1] if i in clip.masks else None for i in s.indices]
-        soft = self._flows_at_input(clip, s.indices) if self.gt_flow else None
-        sample, m = self._augment(ClipSample(frames, labels, soft), idx)
+        flows = self._flows_at_input(clip, s.indices) if self.gt_flow else None
+        maps = teacher_maps(self.teacher, clip, s.indices, self.size_hw)
+        sample, m = self._augment(ClipSample(frames, labels, _join_soft(flows, maps)), idx)
+        flows, maps = _split_soft(sample.soft, flows, maps)
         out_hw = sample.frames[0].shape[:2]
 
         item: dict = {
@@ -226,7 +234,9 @@ class FramePairs(Dataset):
                 torch.from_numpy(fallbacks),
             )
         if self.gt_flow:
-            item["flows"] = torch.from_numpy(self._flows_out(sample.soft, m, out_hw))
+            item["flows"] = torch.from_numpy(self._flows_out(flows, m, out_hw))
+        if maps is not None:
+            item.update(self.teacher.entries(clip, s.indices, maps))
         return item
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -326,6 +336,35 @@ class FramePairs(Dataset):
         return np.ascontiguousarray(np.einsum("ij,tjhw->tihw", a, flows), dtype=np.float32)
 
 
+def _join_soft(
+    flows: list[np.ndarray | None] | None, maps: list[np.ndarray] | None
+) -> list[np.ndarray | None] | None:
+    """One soft map per frame for the augmentation: the teacher's maps, then the flow's 2 channels (zeros where a
+    frame has no flow), so that both take the same draw."""
+    if maps is None:
+        return flows
+    if flows is None:
+        return maps
+    return [
+        np.concatenate([mp.astype(np.float32), np.zeros((2, *mp.shape[1:]), np.float32) if f is None else f])
+        for mp, f in zip(maps, flows, strict=True)
+    ]
+
+
+def _split_soft(
+    soft: list[np.ndarray | None] | None,
+    flows: list[np.ndarray | None] | None,
+    maps: list[np.ndarray] | None,
+) -> tuple[list[np.ndarray | None] | None, list[np.ndarray] | None]:
+    """Undo :func:`_join_soft` on the augmented maps: (flows, teacher maps), in the teacher maps' own dtype."""
+    if maps is None or flows is None:
+        return (soft, None) if maps is None else (None, soft)
+    c = maps[0].shape[0]
+    return [None, *(s[c:] for s in soft[1:])], [
+        s[:c].astype(mp.dtype) for s, mp in zip(soft, maps, strict=True)
+    ]
+
+
 def video_samples(
     clips: list[Clip],
     info: DatasetInfo,
@@ -340,12 +379,9 @@ def video_samples(
     edge_policy: EdgePolicy = "drop",
 ) -> FramePairs:
     """The :class:`FramePairs` that serve exactly what ``needs`` (a video model's and its step's) asks for."""
-    if needs.teacher_logits:
-        raise ValueError(
-            "teacher logits are not served by FramePairs yet (knowledge distillation comes next)"
-        )
     return FramePairs(
         clips, info, size_hw, offsets=needs.offsets, train=train, augment=augment, square_crop=square_crop,
         skip=skip, seed=seed, edge_policy=edge_policy, registration=needs.registration,
         gt_homographies=needs.true_homographies, gt_flow=needs.true_flows, max_key_offset=needs.max_key_offset,
+        teacher=needs.teacher if train else None,  # the training dump; validation may get its own (train_video)
     )  # fmt: skip

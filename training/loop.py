@@ -34,14 +34,14 @@ from data.catalog import DatasetInfo
 from data.frames import more_samples_hint
 from data.image_dataset import worker_init
 from eval.evaluate import amp_dtype, autocast, device_name
-from eval.metrics import ConfusionMatrix
 from training import distributed as D
 from training.checkpoint import SAVE_FIX, rng_state, save_checkpoint, set_rng_state
 from training.optim import LRSchedule, build_optimizer
 
 # step_fn(model, batch) -> (loss, named parts); the batch is what the loader collates (a dict or a VideoBatch)
 StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict]]
-ValidateFn = Callable[[nn.Module], tuple[ConfusionMatrix, list[np.ndarray]]]
+# validate_fn(model) -> (confusion matrix, overlay panels) or (..., extra scalars for the "val" entry)
+ValidateFn = Callable[[nn.Module], tuple]
 
 
 class TrainingDiverged(UserError):
@@ -196,8 +196,12 @@ def fit(
         last_epoch = epoch + 1 == tcfg.epochs
         D.sync_buffers(model)  # every rank validates (and rank 0 saves) the same model
         if (epoch + 1) % tcfg.val_interval == 0 or last_epoch:
-            cm, panels = validate_fn(model)
+            cm, panels, *more = validate_fn(
+                model
+            )  # optionally a third item: extra scalars (KD: KL to the teacher)
             entry["val"] = {"protocol": "training_validation", **cm.summary(info.class_names)}
+            if more:
+                entry["val"]["scalars"] = more[0]
             miou = entry["val"]["miou"] if entry["val"]["miou"] is not None else -math.inf
             improved = miou > best
             best = max(best, miou)
@@ -241,6 +245,8 @@ def _tensorboard_epoch(writer: Any, entry: dict, panels: list[np.ndarray], info:
         if val["miou"] is not None:
             writer.add_scalar("val/mIoU", val["miou"], e)
         writer.add_scalar("val/pixel_acc", val["pixel_acc"] or 0.0, e)
+        for name, value in val.get("scalars", {}).items():
+            writer.add_scalar(f"val/{name}", value, e)
         for name, iou in val["per_class"].items():
             if iou is not None:
                 writer.add_scalar(f"val_iou/{name}", iou, e)

@@ -52,8 +52,7 @@ def build_segmentation_loss(lcfg: LossCfg, num_classes: int) -> nn.Module:
     """The main loss of ``loss_cfg`` for hard labels."""
     if lcfg.loss_func != "crossentropy":
         raise ConfigError(
-            f"loss_cfg.loss_func: '{lcfg.loss_func}' needs teacher logits (knowledge distillation), "
-            "which this version does not train yet; use crossentropy"
+            f"loss_cfg.loss_func: '{lcfg.loss_func}' is distillation, not a loss on labels; use crossentropy here"
         )
     return SegmentationCE(lcfg.class_weights, num_classes)
 

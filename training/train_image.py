@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from config.cli import CliParser
 from config.errors import ConfigError, run_cli
 from config.loader import to_dict
@@ -16,7 +18,7 @@ from data.augment import ImageTrainAugment
 from data.catalog import get_dataset_info
 from data.frames import open_split
 from data.image_dataset import LabelledFrames
-from eval.evaluate import amp_dtype, validate
+from eval.evaluate import amp_dtype, predict, validate
 from models.build import build_image_model
 from models.runs import architecture_of
 from training import distributed as D
@@ -25,6 +27,8 @@ from training.loop import fit
 from training.losses import build_segmentation_loss
 from training.setup import RunSetup, clean_up_failed_start, start_run
 from training.steps import image_step
+from training.steps.kd import KLLoss, image_kd_step
+from training.teacher import TeacherKL, build_teacher, validation_teacher
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +65,9 @@ def train(setup: RunSetup) -> Path:
             save_checkpoint(run / "last.pth", model, cfg, "image", epoch=0, step=0, finished=True, history=[])
             print(f"== no_training: wrote the untrained model to {run / 'last.pth'}")
         return run
-    if dcfg.soft_labels or dcfg.logit_distillation or dcfg.labeled_frames_per_vid is not None:
+    if dcfg.labeled_frames_per_vid is not None:
         raise ConfigError(
-            "data_cfg: soft_labels / logit_distillation / labeled_frames_per_vid are not supported yet"
+            "data_cfg.labeled_frames_per_vid: a legacy reference key that tcseg does not offer; remove it"
         )
     if dcfg.photometric != "mid_grey":
         # The reference's image pipeline (albumentations) has no photometric defect to reproduce (ssp.md 7.9).
@@ -74,9 +78,11 @@ def train(setup: RunSetup) -> Path:
     with D.main_first():
         root, _, train_clips = open_split(dcfg, "train", dcfg.min_vid_len)
         _, _, val_clips = open_split(dcfg, "val", dcfg.min_vid_len)
+    teacher = build_teacher(cfg, info, device, with_previous=False)  # KD image baseline, else None
     augment = ImageTrainAugment(square_crop=dcfg.square_crop) if dcfg.data_augmentation else None
     train_set = LabelledFrames(train_clips, info, size, train=True, augment=augment, square_crop=dcfg.square_crop,
-                               skip=dcfg.train_skip_frames, seed=tcfg.seed)  # fmt: skip
+                               skip=dcfg.train_skip_frames, seed=tcfg.seed,
+                               teacher=None if teacher is None else teacher.source)  # fmt: skip
     val_set = LabelledFrames(
         val_clips, info, size, train=False, square_crop=dcfg.square_crop, skip=dcfg.val_skip_frames
     )
@@ -84,16 +90,34 @@ def train(setup: RunSetup) -> Path:
         print(
             f"== {info.name} at {root}: {len(train_set)} training samples, {len(val_set)} validation samples"
         )
+    # offline KD with a val dump beside the train dump: validation also logs the KL to the teacher
+    val_teacher = validation_teacher(teacher, info, [(val_clips[r.clip], r.index) for r in val_set.samples])
+    val_kl = None if val_teacher is None else TeacherKL(KLLoss(cfg.loss_cfg))
+    val_set.teacher = val_teacher
 
-    loss_fn = build_segmentation_loss(cfg.loss_cfg, info.num_classes).to(device)
+    if teacher is None:
+        loss_fn = build_segmentation_loss(cfg.loss_cfg, info.num_classes).to(device)
+        step_fn = lambda m, batch: image_step(m, batch, loss_fn, device)  # noqa: E731
+    else:
+        kl = KLLoss(cfg.loss_cfg)
+        step_fn = lambda m, batch: image_kd_step(m, batch, teacher, kl, device)  # noqa: E731
     dtype = amp_dtype(tcfg.amp, device)
+
+    def kl_infer(m: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = batch["image"].to(device)
+        logits = predict(m, images, dtype)
+        val_kl.add(logits, batch.get("teacher_logits"))
+        return images, logits, batch["label"].to(device)
+
     final = fit(
         model=model, cfg=cfg, kind="image", info=info, run=run, train_set=train_set, device=device,
         resume=setup.resume,
-        step_fn=lambda m, batch: image_step(m, batch, loss_fn, device),
-        validate_fn=lambda m: validate(m, val_set, info, device, batch_size=tcfg.batch_size,
-                                       num_workers=min(tcfg.num_workers, 2), amp_dtype=dtype,
-                                       max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples),
+        step_fn=step_fn, run_info=None if teacher is None else {"teacher": teacher.describe()},
+        validate_fn=lambda m: (*validate(m, val_set, info, device, batch_size=tcfg.batch_size,
+                                         num_workers=min(tcfg.num_workers, 2), amp_dtype=dtype,
+                                         max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples,
+                                         infer=None if val_kl is None else kl_infer),
+                               *([] if val_kl is None else [val_kl.result()])),
     )  # fmt: skip
     if D.is_main():
         miou = final.get("val", {}).get("miou")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -30,7 +29,9 @@ from training import distributed as D
 from training.checkpoint import load_pretrained_checkpoint
 from training.loop import fit
 from training.setup import RunSetup, clean_up_failed_start, start_run
-from training.steps import VIDEO_STEPS
+from training.steps import VIDEO_STEPS, step_name
+from training.steps.kd import KLLoss
+from training.teacher import TeacherKL, kd_enabled, validation_teacher
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,15 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="section.key=value overrides, e.g. video_model_cfg.const_loss_lb=0.2"
     )
     return p
-
-
-def _check_supported(cfg: Any) -> None:
-    dcfg = cfg.data_cfg
-    if dcfg.soft_labels or dcfg.logit_distillation or cfg.loss_cfg.loss_func != "crossentropy":
-        raise ConfigError(
-            "data_cfg.soft_labels / logit_distillation and loss_cfg.loss_func=kldiv (KD-SSP) are not supported "
-            "yet; train with labels (crossentropy)"
-        )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -64,7 +56,7 @@ def train(setup: RunSetup) -> Path:
     """The training of a started run."""
     cfg, device, run = setup.cfg, setup.device, setup.run
     dcfg, tcfg = cfg.data_cfg, cfg.training_cfg
-    _check_supported(cfg)
+    kd_enabled(cfg)  # the distillation keys agree (before anything is loaded)
     size = tuple(dcfg.crop_size)
 
     image_run = image_run_of(cfg.image_model_cfg)
@@ -87,7 +79,7 @@ def train(setup: RunSetup) -> Path:
     with D.main_first():
         root, info, train_clips = open_split(dcfg, "train", dcfg.min_vid_len)
         _, _, val_clips = open_split(dcfg, "val", dcfg.min_vid_len)
-    step = VIDEO_STEPS.get(model.train_step)(cfg, info, device)
+    step = VIDEO_STEPS.get(step_name(model.train_step, cfg.loss_cfg.loss_func))(cfg, info, device)
     needs = model.needs().merge(step.needs)
     if D.is_main():
         save(image_cfg, run / "image_config.yaml")
@@ -106,21 +98,29 @@ def train(setup: RunSetup) -> Path:
         print(f"== {info.name} at {root}: {len(train_set)} training samples, {len(val_set)} validation samples "
               f"of {len(needs.offsets) + 1} frames")  # fmt: skip
     dtype = amp_dtype(tcfg.amp, device)
+    # offline KD with a val dump beside the train dump: validation also logs the KL to the teacher
+    teacher = getattr(step, "teacher", None)
+    frames = [(val_clips[v.clip], i) for v in val_set.samples for i in v.indices]
+    val_set.teacher = validation_teacher(teacher, info, frames)
+    val_kl = None if val_set.teacher is None else TeacherKL(KLLoss(cfg.loss_cfg))
 
     def infer(m: torch.nn.Module, batch: VideoBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = batch.to(device)
         cur = batch.current
         with torch.inference_mode(), autocast(device, dtype):
             logits = m(batch).logits[:, cur].float()
+        if val_kl is not None:
+            val_kl.add(logits, None if batch.teacher_logits is None else batch.teacher_logits[:, cur])
         return batch.frames[:, cur], logits, batch.labels[:, cur]
 
     final = fit(
         model=model, cfg=cfg, kind="video", info=info, run=run, train_set=train_set, device=device,
         resume=setup.resume, step_fn=step, collate_fn=collate_video,
-        validate_fn=lambda m: validate(m, val_set, info, device, batch_size=tcfg.batch_size,
-                                       num_workers=min(tcfg.num_workers, 2), amp_dtype=dtype, infer=infer,
-                                       max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples,
-                                       collate_fn=collate_video),
+        validate_fn=lambda m: (*validate(m, val_set, info, device, batch_size=tcfg.batch_size,
+                                         num_workers=min(tcfg.num_workers, 2), amp_dtype=dtype, infer=infer,
+                                         max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples,
+                                         collate_fn=collate_video),
+                               *([] if val_kl is None else [val_kl.result()])),
         checkpoint_extra={"image_config": to_dict(image_cfg), "image_run": str(image_run)},
         run_info={"video_model": model.describe(), "training_step": step.describe(),
                   "amp": None if dtype is None else str(dtype).removeprefix("torch.")},

@@ -3,9 +3,15 @@
 On the embedded synthetic aerial video set (generated on first use):
 
 1. train the image model (``config/image/base_synthetic.yaml``);
-2. train every video config named ``config/video/*_synthetic.yaml`` from that image run — discovered, so a new
-   method's synthetic config joins the zoo without any change here;
-3. evaluate and benchmark each run and write the leaderboard with ``eval.compare`` (``<save_dir>/leaderboard/``).
+2. train every other image config named ``config/image/*_synthetic.yaml`` that trains (not ``untrained_*``), and
+   every video config named ``config/video/*_synthetic.yaml`` from that image run — discovered, so a new method's
+   synthetic config joins the zoo without any change here;
+3. a config that distils (``loss_cfg.loss_func: kldiv``) without naming its teacher gets the zoo's teacher
+   (``config/image/teacher_synthetic.yaml``), trained once, whose logits of every training frame are dumped once
+   (``eval.vis.image --save-logits``) and passed as ``data_cfg.teacher_run``;
+4. evaluate and benchmark each run and write the leaderboard with ``eval.compare`` (``<save_dir>/leaderboard/``):
+   every finished run the zoo recorded in this folder in the same mode (``--quick`` or not), so ``make kd`` after
+   ``make zoo`` adds its rows to the same table.
 
 Each model has its own run folder. The zoo is resumable: ``<out>/zoo.json`` records the run of each step with the
 overrides it was trained with, and a rerun skips a finished run trained the same way (``eval.compare`` in turn
@@ -26,10 +32,13 @@ from config.files import atomic_write_text, check_writable
 from config.loader import CONFIG_ROOT, load
 from data.frames import ensure_dataset
 from eval import compare
+from eval.vis import image as eval_image
 from training import train_image, train_video
 from training.run_index import run_status
+from training.teacher import kd_enabled
 
 IMAGE_CONFIG = "base_synthetic"
+TEACHER_CONFIG = "teacher_synthetic"
 VIDEO_PATTERN = "*_synthetic.yaml"
 # --quick: a couple of optimizer steps per model, no pictures, no warm-up epochs (a smoke path, not a result).
 QUICK_TRAIN = ["training_cfg.num_epochs=1", "training_cfg.max_steps_per_epoch=2", "training_cfg.max_val_samples=2",
@@ -39,16 +48,50 @@ STATE_NAME = "zoo.json"
 OUT_FIX = "pass another --out folder"
 
 
+def discovered() -> list[tuple[str, str]]:
+    """(name, kind) of every ``config/{image,video}/*_synthetic.yaml`` the zoo trains, image configs first (sorted);
+    the base image config and image configs that do not train (``no_training``) are not listed."""
+    out = []
+    for kind in ("image", "video"):
+        for path in sorted((CONFIG_ROOT / kind).glob(VIDEO_PATTERN)):
+            if kind == "image" and (path.stem == IMAGE_CONFIG or load(path.stem, kind, []).no_training):
+                continue
+            out.append((path.stem, kind))
+    return out
+
+
 def video_configs(only: list[str] | None = None) -> list[str]:
     """The names of ``config/video/*_synthetic.yaml`` (sorted), restricted to ``only`` when given."""
-    names = sorted(p.stem for p in (CONFIG_ROOT / "video").glob(VIDEO_PATTERN))
+    return [n for n, kind in selected(only) if kind == "video"]
+
+
+def selected(only: list[str] | None = None) -> list[tuple[str, str]]:
+    """:func:`discovered`, restricted to the names in ``only`` when given."""
+    found = discovered()
     if only:
+        names = [n for n, _ in found]
         unknown = [n for n in only if n not in names]
         if unknown:
-            raise ConfigError(f"--only {', '.join(unknown)}: no such config/video/{VIDEO_PATTERN} "
+            raise ConfigError(f"--only {', '.join(unknown)}: no such config/image or config/video/{VIDEO_PATTERN} "
                               f"(there are: {', '.join(names)})")  # fmt: skip
-        names = [n for n in names if n in only]
-    return names
+        found = [(n, k) for n, k in found if n in only]
+    return found
+
+
+def needs_teacher(name: str, kind: str, overrides: list[str]) -> bool:
+    """Whether a config distils without naming its teacher's logits or run (the zoo then provides its teacher)."""
+    cfg = load(name, kind, overrides)
+    d = cfg.data_cfg
+    return kd_enabled(cfg) and d.logits_folder is None and d.teacher_run is None
+
+
+def dump_teacher_logits(teacher: Path, num_workers: int) -> None:
+    """The teacher's logits of every training frame in ``<teacher>/logits/train`` (frames written are skipped), at
+    the head's own resolution (``--logits-size native``): the synthetic teacher and students share one input size,
+    so the students' loader upsampling them as the teacher does gives the teacher's logits exactly, from 1/16 of
+    the bytes."""
+    eval_image.main([str(teacher), "--save-logits", "--split", "train", "--no-evaluation", "--logits-frames", "all",
+                     "--logits-size", "native", "--num-workers", str(num_workers)])  # fmt: skip
 
 
 def _load_state(path: Path) -> dict:
@@ -75,7 +118,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--video", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every video config (repeatable)")  # fmt: skip
     p.add_argument("--only", action="append", default=[], metavar="NAME",
-                   help=f"train only this video config (repeatable; default: every config/video/{VIDEO_PATTERN})")  # fmt: skip
+                   help=f"train only this config besides {IMAGE_CONFIG} (repeatable; default: every config/image and "
+                        f"config/video/{VIDEO_PATTERN})")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="smoke run: a few steps per model, a few timed frames"
     )
@@ -89,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--num-workers", type=at_least(0), default=2, help="data workers of the evaluations")
     args = p.parse_args(argv)
     t0 = time.time()
-    names = video_configs(args.only or None)
+    chosen = selected(args.only or None)
     quick_image = QUICK_TRAIN if args.quick else []
     quick_video = [*QUICK_TRAIN, *QUICK_VIDEO] if args.quick else []
     bench = (["--frames", "5", "--warmup", "1", "--bench-runs", "1"] if args.quick else
@@ -103,40 +147,68 @@ def main(argv: list[str] | None = None) -> list[dict]:
     state_path = out / STATE_NAME
     state = _load_state(state_path)
     state["settings"] = {"quick": args.quick, "device": args.device, "threads": args.threads, "benchmark": bench,
-                         "video_configs": names}  # fmt: skip
+                         "configs": [n for n, _ in chosen]}  # fmt: skip
 
     def save_state() -> None:
         atomic_write_text(state_path, json.dumps(state, indent=1), fix=OUT_FIX)
 
     root = ensure_dataset(cfg.data_cfg.dataset, cfg.data_cfg.path, tuple(cfg.data_cfg.crop_size))
-    print(f"== [zoo] synthetic dataset ready at {root}; video configs: {', '.join(names) or 'none'}")
+    print(f"== [zoo] synthetic dataset ready at {root}; configs: {', '.join(n for n, _ in chosen) or 'none'}")
     # The video runs share the image run's data and save folder (the image overrides that name them).
     shared = [o for o in args.image if o.split("=", 1)[0].startswith(("save_dir", "data_cfg."))]
 
-    runs: list[Path] = []
-    steps = [(IMAGE_CONFIG, "image", image_overrides)]
-    for i, (name, kind, overrides) in enumerate(steps + [(n, "video", []) for n in names], 1):
-        if kind == "video":
-            image_run = runs[0].resolve()
-            overrides = [*shared, *quick_video, f"image_model_cfg.checkpoint_name={image_run}", *args.video]
-        total = 1 + len(names)
+    def overrides_of(name: str, kind: str) -> list[str]:
+        if kind == "image":
+            return image_overrides
+        return [*shared, *quick_video, f"image_model_cfg.checkpoint_name={runs[IMAGE_CONFIG]}", *args.video]
+
+    # the teacher trains right after the base image run when some config distils from it
+    steps = [(IMAGE_CONFIG, "image")]
+    students = {
+        n for n, k in chosen if needs_teacher(n, k, overrides_of(n, k) if k == "image" else args.video)
+    }
+    if students and TEACHER_CONFIG not in [n for n, _ in chosen]:
+        steps.append((TEACHER_CONFIG, "image"))
+    steps += sorted(chosen, key=lambda nk: (nk[0] != TEACHER_CONFIG, nk[1] != "image"))
+    runs: dict[str, Path] = {}
+    dumped = False
+    for i, (name, kind) in enumerate(steps, 1):
+        overrides = overrides_of(name, kind)
+        if name in students:
+            if not dumped:
+                print(
+                    f"== [zoo] dumping the teacher's logits of every training frame ({runs[TEACHER_CONFIG]})"
+                )
+                dump_teacher_logits(runs[TEACHER_CONFIG], 0 if args.quick else args.num_workers)
+                dumped = True
+            overrides = [*overrides, f"data_cfg.teacher_run={runs[TEACHER_CONFIG]}"]
         run = _reusable(state["runs"].get(name), overrides)
         if run is not None:
-            print(f"== [zoo] {i}/{total} {name}: finished run {run} reused")
+            print(f"== [zoo] {i}/{len(steps)} {name}: finished run {run} reused")
         else:
             t = time.time()
-            print(f"== [zoo] {i}/{total} {name}: training")
+            print(f"== [zoo] {i}/{len(steps)} {name}: training")
             run = (train_image if kind == "image" else train_video).main([name, *overrides])
-            state["runs"][name] = {"run": str(Path(run).resolve()), "overrides": overrides,
+            state["runs"][name] = {"run": str(Path(run).resolve()), "overrides": overrides, "quick": args.quick,
                                    "train_s": round(time.time() - t, 1)}  # fmt: skip
             save_state()
-            print(f"== [zoo] {i}/{total} {name}: trained in {time.time() - t:.0f} s: {run}")
-        runs.append(Path(run))
+            print(f"== [zoo] {i}/{len(steps)} {name}: trained in {time.time() - t:.0f} s: {run}")
+        runs[name] = Path(run).resolve()
     save_state()
+    # the leaderboard: this call's runs, and the other finished runs recorded here in the same mode
+    ranked = list(runs.values())
+    for entry in state["runs"].values():
+        earlier = Path(entry.get("run", ""))
+        if (
+            entry.get("quick", False) == args.quick
+            and earlier not in ranked
+            and _reusable(entry, entry.get("overrides"))
+        ):
+            ranked.append(earlier)
 
     t = time.time()
-    print(f"== [zoo] evaluating, benchmarking and ranking {len(runs)} runs")
-    rows = compare.main([*map(str, runs), "--out", str(out), "--device", args.device, "--threads", str(args.threads),
+    print(f"== [zoo] evaluating, benchmarking and ranking {len(ranked)} runs")
+    rows = compare.main([*map(str, ranked), "--out", str(out), "--device", args.device, "--threads", str(args.threads),
                          "--num-workers", str(0 if args.quick else args.num_workers), *bench])  # fmt: skip
     print(f"== [zoo] leaderboard in {out} ({time.time() - t:.0f} s); total {time.time() - t0:.0f} s")
     for r in rows:

@@ -9,8 +9,9 @@ lists every file and folder in it. Logits folders are not results: they are writ
 - ``color/<clip>/<frame>.png`` and ``overlay/<clip>/<frame>.png``: palette rendering and frame blend;
 - ``video/<clip>.gif``: the overlays as an animation at the dataset's frame rate, written when the clip ends;
 - ``metrics.json`` and ``per_class_iou.csv``;
-- logits: ``<clip>/<frame>.npz`` (compressed) or ``.npy``, float16 by default, optionally downsampled, with a
-  ``manifest.json`` that the distillation code checks before training.
+- logits (``eval.vis.image --save-logits``, in ``<run>/logits/<split>/`` or ``--logits-out``): ``<clip>/<frame>.npy``
+  (memory-mappable) or ``.npz`` (compressed), float16 by default, resized to the student's size by default, with a
+  ``manifest.json`` that the distillation code checks before training (:class:`LogitsWriter`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from config.errors import writing
-from config.files import atomic_write_text, check_writable
+from config.errors import ConfigError, writing
+from config.files import atomic_path, atomic_write_text, check_writable
 from data.catalog import DatasetInfo
+from data.logits import (
+    LOGIT_DTYPES,
+    LOGIT_FORMATS,
+    MANIFEST_NAME,
+    RESIZE_METHOD,
+    FrameRule,
+    encode,
+    frame_bytes,
+)
 from eval.vis.render import overlay, panel, write_png
 
 # What the user can do when a run folder cannot be written (results, benchmark figures).
@@ -186,46 +196,137 @@ class SideBySideWriter:
 
 
 class LogitsWriter:
-    """Saves raw logits per frame (no softmax, no temperature) in a compact form, resumably.
+    """Saves raw logits per frame (no softmax, no temperature), resumably, with the manifest that students check
+    (:class:`data.logits.TeacherLogits`, ``ssp.md`` §6.4).
 
-    ``size``: (H, W) to resize to (bilinear, antialiased when shrinking) or None to keep the model's output size;
-    ``stride``: extra integer downsampling by average pooling (2 -> a quarter of the pixels).
+    ``manifest``: what the dump is (``teacher_run``, ``checkpoint``, ``epoch``, ``split``, ``num_classes``,
+    ``classes``, ``input_size``, ``logits_size``, ``frames_rule``, ``tta``); ``size``: (H, W) to resize to (bilinear,
+    antialiased when shrinking: the filter of ``data.transforms.resize_soft``) or None to keep the model's output
+    size (its input size); ``stride``: extra integer downsampling by average pooling (2 -> a quarter of the pixels);
+    ``dtype`` and ``fmt``: how each frame is stored (:func:`data.logits.encode`; ``npz`` holds one array named
+    ``logits``).
+
+    Creating it refuses (one line naming the field) a folder that holds another dump, then writes the manifest, so
+    an interrupted dump is still described; :meth:`close` updates it with the counts. A frame whose file exists is
+    skipped, and every file is written under a unique temporary name in its folder, then renamed into place.
     """
 
+    # what two calls must agree on to write into one folder (frames_rule: the same frames, however spelled)
+    MUST_MATCH = ("classes", "size", "dtype", "format", "frames_rule", "tta", "stride", "checkpoint", "split")
+
     def __init__(self, out_dir: Path, manifest: dict, dtype: str = "float16", size: tuple[int, int] | None = None,
-                 stride: int = 1, fmt: str = "npz") -> None:  # fmt: skip
-        self.out, self.dtype, self.size, self.stride, self.fmt = out_dir, dtype, size, stride, fmt
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = {**manifest, "dtype": dtype, "resize": size, "stride": stride, "format": fmt,
-                         "values": "raw logits, no softmax or temperature", "layout": "K x H x W"}  # fmt: skip
-        self.frames = 0
+                 stride: int = 1, fmt: str = "npy") -> None:  # fmt: skip
+        if dtype not in LOGIT_DTYPES or fmt not in LOGIT_FORMATS:
+            raise ConfigError(f"logits: dtype '{dtype}' or format '{fmt}' unknown; dtypes: {', '.join(LOGIT_DTYPES)}, "
+                              f"formats: {', '.join(LOGIT_FORMATS)}")  # fmt: skip
+        self.out, self.dtype, self.stride, self.fmt = Path(out_dir), dtype, int(stride), fmt
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        h, w = self.size or tuple(int(v) for v in manifest["input_size"])
+        self.size_hw = (-(-h // self.stride), -(-w // self.stride))  # avg_pool2d with ceil_mode
+        self.fix = f"delete {self.out} or pass --logits-out DIR"
+        self.manifest = {
+            **manifest, "size": list(self.size_hw), "dtype": dtype, "format": fmt, "stride": self.stride,
+            "resize_method": RESIZE_METHOD, "values": "raw logits, no softmax or temperature", "layout": "K x H x W",
+            "bytes_per_frame": frame_bytes(len(manifest["classes"]), self.size_hw, dtype),
+        }  # fmt: skip
+        self.frames = 0  # written by this call
+        self.skipped = 0  # already on disk, not written again
+        self._check_existing()
+        check_writable(self.out, fix=self.fix)
+        self._write_manifest(complete=False)
+
+    def _check_existing(self) -> None:
+        """Refuse a folder holding another dump: a manifest that differs in a :attr:`MUST_MATCH` field, or logits
+        without a manifest (written by something else, so their size, dtype and frames are unknown)."""
+        path = self.out / MANIFEST_NAME
+        if not path.is_file():
+            stray = next(self.out.glob(f"*/*.{self.fmt}"), None) if self.out.is_dir() else None
+            if stray is not None:
+                raise ConfigError(f"--logits-out {self.out}: holds logits ({stray.relative_to(self.out)}) without a "
+                                  f"{MANIFEST_NAME}, so they may be of another dump; {self.fix}")  # fmt: skip
+            return
+        try:
+            old = json.loads(path.read_text())
+            if not isinstance(old, dict):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: unreadable manifest ({err}); {self.fix}") from None
+        for key in self.MUST_MATCH:
+            mine = json.loads(json.dumps(self.manifest.get(key)))  # as it would be stored (tuples -> lists)
+            theirs = old.get(key)
+            if key == "frames_rule" and (_covers(mine, theirs) or _covers(theirs, mine)):
+                if not _covers(mine, theirs):  # a narrower rerun writes nothing new: the dump keeps its rule
+                    self.manifest["frames_rule"] = theirs
+                continue  # the same frames, or more: a wider dump extends this one
+            if theirs != mine:
+                raise ConfigError(f"{path}: {key} {_shown(theirs)} in the existing dump, {_shown(mine)} in this one; "
+                                  f"{self.fix}")  # fmt: skip
 
     def path(self, clip: str, frame: str) -> Path:
         return self.out / clip / f"{frame}.{self.fmt}"
 
-    def add(self, clip: str, frame: str, logits: torch.Tensor) -> None:
-        """``logits`` [K,H,W] float."""
+    def done(self, clip: str, frame: str) -> bool:
+        """Whether frame ``frame`` of ``clip`` is on disk already (files only appear complete)."""
+        return self.path(clip, frame).is_file()
+
+    def add(self, clip: str, frame: str, logits: torch.Tensor) -> bool:
+        """``logits`` [K,H,W] float; returns False (and writes nothing) when the frame's file exists already."""
+        path = self.path(clip, frame)
+        if path.is_file():
+            self.skipped += 1
+            return False
         x = logits[None].float()
-        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         if self.stride > 1:
             x = F.avg_pool2d(x, self.stride, ceil_mode=True)
-        arr = x[0].cpu().numpy().astype(self.dtype)
-        path = self.path(clip, frame)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        if (
+            tuple(x.shape[-2:]) != self.size_hw
+        ):  # the model's output is not its input size: the manifest is wrong
+            raise ValueError(f"logits of {clip}/{frame} are {tuple(x.shape[-2:])} after resizing, the manifest says "
+                             f"{self.size_hw}; pass --logits-size HxW")  # fmt: skip
+        arr = encode(x[0], self.dtype)
+        with writing(path.parent, fix=self.fix):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, arr.nbytes, fix=self.fix) as tmp, open(tmp, "wb") as fh:
             if self.fmt == "npz":
                 np.savez_compressed(fh, logits=arr)
             else:
                 np.save(fh, arr)
-        tmp.replace(path)
         self.frames += 1
-        self.manifest["shape"] = list(arr.shape)
+        return True
 
-    def close(self) -> None:
-        self.manifest["frames_written"] = self.frames
-        (self.out / "manifest.json").write_text(json.dumps(self.manifest, indent=1))
+    def on_disk(self) -> tuple[int, int]:
+        """Frames and bytes of logits files in the folder (this dump's and earlier calls')."""
+        files = [p for p in self.out.glob(f"*/*.{self.fmt}") if p.is_file()]
+        return len(files), sum(p.stat().st_size for p in files)
+
+    def _write_manifest(self, complete: bool) -> None:
+        frames, nbytes = self.on_disk()
+        self.manifest.update(frames_written=self.frames, frames_skipped=self.skipped, frames_on_disk=frames,
+                             bytes_on_disk=nbytes, complete=complete)  # fmt: skip
+        atomic_write_text(self.out / MANIFEST_NAME, json.dumps(self.manifest, indent=1), fix=self.fix)
+
+    def close(self) -> dict:
+        """Update the manifest with the counts of this call and of the folder; returns it."""
+        self._write_manifest(complete=True)
+        return self.manifest
+
+
+def _covers(a: object, b: object) -> bool:
+    """Whether frame rule ``a`` keeps every frame ``b`` keeps (strings; ``all`` = ``kd_pairs(2)`` = ``kd_samples(1)``)."""
+    try:
+        return FrameRule.parse(str(a)).covers(FrameRule.parse(str(b)))
+    except ConfigError:
+        return False
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "(none)" if value is None else str(value)
 
 
 def write_metrics(out_dir: Path, metrics: dict, per_class_rows: list[dict]) -> None:

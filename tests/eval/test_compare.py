@@ -185,3 +185,35 @@ def test_zoo_quick(tiny_synthetic: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert [r["run"] for r in again] == [r["run"] for r in rows]
     with pytest.raises(ConfigError, match="no such config"):
         zoo.main([*argv, "--only", "nonexistent_synthetic"])
+
+
+def test_zoo_trains_a_teacher_and_dumps_its_logits_for_a_distilling_config(
+    tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    """make kd's path: a config that distils without naming a teacher gets the zoo's teacher, whose logits are
+    dumped once; the leaderboard ranks the image run, the teacher and the student."""
+    from training import zoo
+
+    h, w = TINY_HW
+    image = [f"save_dir={tmp_path / 'ck'}", f"data_cfg.path={tiny_synthetic}", f"data_cfg.crop_size=[{h}, {w}]",
+             "model_cfg.backbone=tiny_cnn", "training_cfg.batch_size=2", "training_cfg.num_workers=0"]  # fmt: skip
+    assert ("kd_base_synthetic", "image") in zoo.discovered() and (
+        "untrained_synthetic",
+        "image",
+    ) not in zoo.discovered()
+    rows = zoo.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--only",
+            "kd_base_synthetic",
+            *[a for o in image for a in ("--image", o)],
+        ]
+    )
+    assert sorted(r["config"] for r in rows) == ["base_synthetic", "kd_base_synthetic", "teacher_synthetic"]
+    state = json.loads((tmp_path / "ck" / "leaderboard" / "zoo.json").read_text())
+    teacher = Path(state["runs"]["teacher_synthetic"]["run"])
+    assert f"data_cfg.teacher_run={teacher}" in state["runs"]["kd_base_synthetic"]["overrides"]
+    manifest = json.loads((teacher / "logits" / "train" / "manifest.json").read_text())
+    assert manifest["frames_rule"] == "all" and manifest["frames_on_disk"] == 16  # 4 train clips of 4 frames

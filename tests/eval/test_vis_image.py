@@ -98,10 +98,11 @@ def test_every_flag_combination_works(trained_run: Path, tmp_path: Path, evaluat
     logits_dir = run / "logits" / "train"
     assert logits_dir.is_dir() == save_logits
     if save_logits:
-        files = sorted(logits_dir.rglob("*.npz"))
+        files = sorted(logits_dir.rglob("*.npy"))  # npy by default
         # skip 3 keeps clip indices {0, 1, 3} of each 4-frame train clip
         assert sorted({f.stem for f in files}) == ["000000", "000001", "000003"] and len(files) == 4 * 3
-        arr = np.load(files[0])["logits"]
+        arr = np.load(files[0])
+        # by default at the student's size: for the synthetic set (no DatasetInfo.student_size) the 64x96 input
         assert arr.dtype == np.float16 and arr.shape == (8, 64, 96)
         manifest = json.loads((logits_dir / "manifest.json").read_text())
         assert manifest["frames_written"] == 12 and manifest["num_classes"] == 8
@@ -109,7 +110,8 @@ def test_every_flag_combination_works(trained_run: Path, tmp_path: Path, evaluat
 
 def test_logits_are_the_model_logits_downsampled(trained_run: Path) -> None:
     vis_image.main([str(trained_run), "--no-evaluation", "--no-write-res", "--save-logits", "--logits-stride", "2",
-                    "--logits-format", "npy", "--logits-dtype", "float32", "--num-workers", "0"])  # fmt: skip
+                    "--logits-size", "eval", "--logits-format", "npy", "--logits-dtype", "float32",
+                    "--num-workers", "0"])  # fmt: skip
     from data.catalog import SYNTHETIC
     from data.frames import read_split
     from data.image_dataset import FrameStream

@@ -29,9 +29,11 @@ K = 5
 
 def _synthetic_config(method: str) -> str:
     names = sorted(p.stem for p in (CONFIG_ROOT / "video").glob("*_synthetic.yaml"))
-    matching = [n for n in names if load(n, "video").video_model_cfg.model_name == method]
+    configs = {n: load(n, "video") for n in names}
+    matching = [n for n, c in configs.items() if c.video_model_cfg.model_name == method]
     assert matching, f"video model '{method}' ships no config/video/*_synthetic.yaml (its CPU config)"
-    return matching[0]
+    # the method's own config trains on labels; a distillation variant (kd_ssp_synthetic) also needs a teacher
+    return sorted(matching, key=lambda n: configs[n].loss_cfg.loss_func != "crossentropy")[0]
 
 
 # Every shipped CPU config: a method with several variants (e.g. TCB's OCR and PPM blocks) ships one per variant,

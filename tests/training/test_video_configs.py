@@ -29,15 +29,22 @@ CONFIGS = sorted(p.stem for p in (CONFIG_ROOT / "video").glob("*.yaml"))
 
 
 def _training_key(name: str) -> tuple:
-    """What makes a config train differently from another: its method, whether the temporal loss is on, and the
-    helpers' providers (registration, the loss's flow, a method's own flow)."""
+    """What makes a config train differently from another: its method, whether the temporal loss is on, the
+    helpers' providers (registration, the loss's flow, a method's own flow), and its loss (labels or a teacher)."""
     cfg = load(name, "video")
     v = to_dict(cfg.video_model_cfg)
     tc = v["const_loss_lb"] > 0
     own = {k: x for k, x in v.items() if isinstance(x, dict) and k not in ("registration", "flow", "tc_loss")}
     # the registration provider matters to methods that register (their builder then records it as a helper)
     registration = (v["k_registrator_model"], cfg.loader_registration_name)
-    return (v["model_name"], tc, registration, v["flow"]["backend"] if tc else None, str(own))
+    return (
+        v["model_name"],
+        tc,
+        registration,
+        v["flow"]["backend"] if tc else None,
+        str(own),
+        cfg.loss_cfg.loss_func,
+    )
 
 
 def _representatives() -> list[str]:
@@ -184,6 +191,9 @@ def test_video_config_trains_two_steps(
     if name in IMAGE_RUN_CONFIG:
         image_run = request.getfixturevalue("untrained_image_run")
         tiny.append(f"image_model_cfg.checkpoint_name={image_run}")
+    if cfg.loss_cfg.loss_func == "kldiv":  # distillation: the tiny image run as an online teacher (no dump)
+        teacher = request.getfixturevalue("tiny_image_run")
+        tiny += ["data_cfg.teacher_mode=online", f"data_cfg.teacher_run={teacher}"]
     overrides = [*tiny_video_overrides, *tiny]
 
     run = train_video.main([name, *overrides])

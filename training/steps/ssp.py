@@ -17,6 +17,7 @@ from data.catalog import DatasetInfo
 from data.transforms import denormalize
 from data.video_batch import DataNeeds, VideoBatch
 from models.flow import build_flow
+from models.video.base import VideoOutput
 from training.losses import TemporalConsistencyLoss
 from training.steps import VIDEO_STEPS, VideoStep
 
@@ -49,15 +50,20 @@ class SSPStep(VideoStep):
         flow = None if self.flow is None else {**self.flow.settings(), "precision": self.flow.precision}
         return {"step": "ssp", "tc_weight": self.weight, "tc_flow": flow}
 
+    def main_loss(self, out: VideoOutput, batch: VideoBatch) -> tuple[torch.Tensor, dict]:
+        """The loss on the fused output (SSP: cross-entropy to the labels of t); KD-SSP overrides it."""
+        ce = self.ce(out.logits[:, batch.current], batch.labels[:, batch.current])
+        return ce, {"ce": ce.detach()}
+
     def __call__(self, model: nn.Module, batch: VideoBatch) -> tuple[torch.Tensor, dict]:
         batch = batch.to(self.device, non_blocking=True)
         cur = batch.current
         out = model(batch)
-        fused = out.logits[:, cur]
-        ce = self.ce(fused, batch.labels[:, cur])
-        parts = {"ce": ce.detach(), **self.common_parts(batch)}
+        loss, parts = self.main_loss(out, batch)
+        parts.update(self.common_parts(batch))
         if self.tc_loss is None:
-            return ce, parts
+            return loss, parts
+        fused = out.logits[:, cur]
         x_t, x_prev = batch.frames[:, cur], batch.frames[:, cur - 1]
         fwd = None
         if batch.flows is not None:
@@ -69,4 +75,4 @@ class SSPStep(VideoStep):
                 fwd = self.flow(b, a) if self.need_forward_flow else None
         tc = self.tc_loss(fused, out.image_logits[:, cur - 1], x_t, x_prev, back, fwd)
         parts["tc"] = tc.detach()
-        return ce + self.weight * tc, parts
+        return loss + self.weight * tc, parts
