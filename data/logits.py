@@ -211,7 +211,7 @@ class TeacherLogits:
                 a <= b for a, b in zip(out.shape[1:], size_hw, strict=True)
             ):
                 # a native dump: upsample as the teacher's own forward does (exact when the sizes are the teacher's)
-                x = torch.from_numpy(np.array(out, dtype=np.float32))[None]  # a copy: the memory map is read-only
+                x = torch.from_numpy(np.array(out, dtype=np.float32))[None]  # a copy: the map is read-only
                 y = F.interpolate(x, size=tuple(size_hw), mode=mode, align_corners=False)[0]
                 return y.to(torch.float16 if out.dtype == np.float16 else torch.float32).numpy()
             return resize_soft(np.ascontiguousarray(out), tuple(size_hw))

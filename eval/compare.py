@@ -212,8 +212,12 @@ def check_protocols(entries: list[Entry]) -> None:
 def method_label(e: Entry) -> str:
     """The method: the video model's ``model_name`` with the facts its ``describe()`` records; image runs are the
     image baseline, named by their architecture."""
+    loss = (e.config.get("loss_cfg") or {}).get("loss_func", "crossentropy")
+    taught = (
+        [] if loss == "crossentropy" else [f"{loss} to a teacher"]
+    )  # distilled, not trained on the labels
     if e.kind == "image":
-        return f"image baseline ({architecture_of(e.config, 'image').removeprefix('image model ')})"
+        return f"image baseline ({', '.join([architecture_of(e.config, 'image').removeprefix('image model '), *taught])})"
     described = e.metrics.get("video_model") or e.bench.get("video_model") or {}
     name = e.config.get("video_model_cfg", {}).get("model_name", described.get("method", "?"))
     # Scalar settings only (DFF's k_interval, TCB's module): lists and dicts (widths, learned statistics) would
@@ -225,7 +229,7 @@ def method_label(e: Entry) -> str:
         for k, h in (described.get("helpers") or {}).items()
         if h
     ]
-    facts = ", ".join(own + helpers)
+    facts = ", ".join(own + helpers + taught)
     return f"{name} ({facts})" if facts else name
 
 

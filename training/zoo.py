@@ -29,7 +29,7 @@ from pathlib import Path
 from config.cli import CliParser, at_least
 from config.errors import ConfigError, run_cli
 from config.files import atomic_write_text, check_writable
-from config.loader import CONFIG_ROOT, load
+from config.loader import CONFIG_ROOT, load, to_dict
 from data.frames import ensure_dataset
 from eval import compare
 from eval.vis import image as eval_image
@@ -102,9 +102,15 @@ def _load_state(path: Path) -> dict:
     return state if isinstance(state.get("runs"), dict) else {"runs": {}}
 
 
-def _reusable(entry: dict | None, overrides: list[str]) -> Path | None:
-    """The recorded run of a step when it finished and was trained with the same overrides, else None."""
-    if not entry or entry.get("overrides") != overrides:
+def _resolved(name: str, kind: str, overrides: list[str]) -> dict:
+    """The config a step trains with, as stored in ``zoo.json`` (so that an edited YAML file retrains its run)."""
+    return json.loads(json.dumps(to_dict(load(name, kind, overrides)), default=str))
+
+
+def _reusable(entry: dict | None, overrides: list[str], config: dict) -> Path | None:
+    """The recorded run of a step when it finished and was trained with the same overrides and the same resolved
+    config (the YAML files may have changed since), else None."""
+    if not entry or entry.get("overrides") != overrides or entry.get("config") != config:
         return None
     run = Path(entry.get("run", ""))
     return run if run.is_dir() and run_status(run) == "finished" else None
@@ -182,28 +188,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 dump_teacher_logits(runs[TEACHER_CONFIG], 0 if args.quick else args.num_workers)
                 dumped = True
             overrides = [*overrides, f"data_cfg.teacher_run={runs[TEACHER_CONFIG]}"]
-        run = _reusable(state["runs"].get(name), overrides)
+        config = _resolved(name, kind, overrides)
+        run = _reusable(state["runs"].get(name), overrides, config)
         if run is not None:
             print(f"== [zoo] {i}/{len(steps)} {name}: finished run {run} reused")
         else:
             t = time.time()
             print(f"== [zoo] {i}/{len(steps)} {name}: training")
             run = (train_image if kind == "image" else train_video).main([name, *overrides])
-            state["runs"][name] = {"run": str(Path(run).resolve()), "overrides": overrides, "quick": args.quick,
-                                   "train_s": round(time.time() - t, 1)}  # fmt: skip
+            state["runs"][name] = {"run": str(Path(run).resolve()), "kind": kind, "overrides": overrides,
+                                   "config": config, "quick": args.quick, "train_s": round(time.time() - t, 1)}  # fmt: skip
             save_state()
             print(f"== [zoo] {i}/{len(steps)} {name}: trained in {time.time() - t:.0f} s: {run}")
         runs[name] = Path(run).resolve()
     save_state()
     # the leaderboard: this call's runs, and the other finished runs recorded here in the same mode
     ranked = list(runs.values())
-    for entry in state["runs"].values():
+    for name, entry in state["runs"].items():
         earlier = Path(entry.get("run", ""))
         if (
-            entry.get("quick", False) == args.quick
-            and earlier not in ranked
-            and _reusable(entry, entry.get("overrides"))
+            entry.get("quick", False) != args.quick
+            or earlier in ranked
+            or entry.get("kind") not in ("image", "video")
         ):
+            continue
+        try:
+            current = _resolved(name, entry["kind"], entry.get("overrides") or [])
+        except (
+            ConfigError
+        ):  # the config file was removed or no longer loads: its run is not this zoo's any more
+            continue
+        if _reusable(entry, entry.get("overrides"), current):
             ranked.append(earlier)
 
     t = time.time()

@@ -212,8 +212,30 @@ def test_zoo_trains_a_teacher_and_dumps_its_logits_for_a_distilling_config(
         ]
     )
     assert sorted(r["config"] for r in rows) == ["base_synthetic", "kd_base_synthetic", "teacher_synthetic"]
+    methods = {r["config"]: r["method"] for r in rows}
+    assert "kldiv to a teacher" in methods["kd_base_synthetic"] and "teacher" not in methods["base_synthetic"]
     state = json.loads((tmp_path / "ck" / "leaderboard" / "zoo.json").read_text())
     teacher = Path(state["runs"]["teacher_synthetic"]["run"])
     assert f"data_cfg.teacher_run={teacher}" in state["runs"]["kd_base_synthetic"]["overrides"]
     manifest = json.loads((teacher / "logits" / "train" / "manifest.json").read_text())
     assert manifest["frames_rule"] == "all" and manifest["frames_on_disk"] == 16  # 4 train clips of 4 frames
+
+
+def test_zoo_retrains_a_run_whose_config_file_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorded run is reused only when its overrides and its resolved config are what the step would train now."""
+    from training import zoo
+
+    monkeypatch.setattr(zoo, "run_status", lambda path: "finished")
+    run = tmp_path / "run"
+    run.mkdir()
+    config = zoo._resolved("ssp_synthetic", "video", [])
+    entry = {"run": str(run), "overrides": [], "config": config}
+    assert zoo._reusable(entry, [], config) == run
+    edited = zoo._resolved("ssp_synthetic", "video", ["video_model_cfg.const_loss_lb=0.2"])
+    assert zoo._reusable(entry, [], edited) is None  # as if the YAML file had been edited
+    assert zoo._reusable(entry, ["training_cfg.lr=1.0"], config) is None
+    assert (
+        zoo._reusable({k: v for k, v in entry.items() if k != "config"}, [], config) is None
+    )  # an old zoo.json
