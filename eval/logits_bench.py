@@ -1,10 +1,10 @@
 """Teacher-logit storage and loading speed: ``python -m eval.logits_bench TEACHER_RUN --config STUDENT [flags]``.
 
-1. Dumps the teacher's training logits in two formats when they are missing (``eval.vis.image --save-logits``
-   skips frames already written): tcseg's default (npy, float16, the student's input size) in
-   ``<run>/logits/train`` and the reference's (npz, float32, the teacher's input size) in
-   ``<run>/logits/train_reference``, and the teacher head's own output (``--logits-size native``: npy, float16,
-   stride 4) in ``<run>/logits/train_native``.
+1. Dumps the teacher's training logits in three formats when they are missing (``eval.vis.image --save-logits``
+   skips frames already written), each in a folder of its own (a training dump in ``logits/train`` is left
+   alone): tcseg's default (npy, float16, the student's input size) in ``<run>/logits/bench_default``, the
+   teacher head's own output (``--logits-size native``: npy, float16, stride 4) in ``<run>/logits/bench_native``
+   and the reference's (npz, float32, the teacher's input size) in ``<run>/logits/bench_reference``.
 2. Prints bytes per frame and in total for each, and projects a dataset of ``--frames`` frames with
    ``n_frames x K x H x W x bytes`` (``ssp.md`` §6.3; compression of the reference npz is measured, not assumed).
 3. Times the student's training samples (the config's frames, augmentation and teacher logits; no registration or
@@ -40,15 +40,15 @@ from models.runs import locate_run
 
 FORMATS = {  # name -> (subfolder, dump flags)
     "tcseg default (npy float16, student size)": (
-        "train",
+        "bench_default",
         ["--logits-format", "npy", "--logits-dtype", "float16", "--logits-size"],  # + the student's HxW
     ),
     "native (npy float16, teacher head stride)": (
-        "train_native",
+        "bench_native",
         ["--logits-format", "npy", "--logits-dtype", "float16", "--logits-size", "native"],
     ),
     "reference (npz float32, teacher size)": (
-        "train_reference",
+        "bench_reference",
         ["--logits-format", "npz", "--logits-dtype", "float32", "--logits-size", "eval"],
     ),
 }
