@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from config.cli import CliParser, at_least
-from config.errors import ConfigError, run_cli
+from config.errors import run_cli
 from config.files import atomic_write_text
 from config.loader import load
 from data.augment import ImageTrainAugment, VideoTrainAugment
@@ -52,16 +52,6 @@ FORMATS = {  # name -> (subfolder, dump flags)
         ["--logits-format", "npz", "--logits-dtype", "float32", "--logits-size", "eval"],
     ),
 }
-
-
-def _kind_of(config: str) -> str:
-    for kind in ("video", "image"):
-        try:
-            load(config, kind, [])
-            return kind
-        except ConfigError:
-            continue
-    raise ConfigError(f"--config {config}: not an image or video config")
 
 
 def _folder_bytes(folder: Path) -> tuple[int, int]:
@@ -106,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = p.parse_args(argv)
     run = locate_run(args.run, args.save_dir)
-    kind = _kind_of(args.config)
+    _, kind = eval_image.load_student(args.config)  # image or video config, as the dump's --student
     cfg = load(args.config, kind, args.override)
     info = get_dataset_info(cfg.data_cfg.dataset)
     size = tuple(cfg.data_cfg.crop_size)
