@@ -45,7 +45,9 @@ def _check_entry(entry: dict, frames: int, runs: int) -> None:
     assert len(entry["run_means_ms"]) == runs and entry["frames_per_run"] == frames
     assert entry["mean_ms"] in entry["run_means_ms"]  # the median run is the one reported
     assert all(v >= 0 for v in entry["stages_ms"].values())
-    assert entry["stage_sum_ms"] == pytest.approx(sum(entry["stages_ms"].values()), abs=2e-3)
+    # each stage and the sum are rounded to 3 decimals on their own: 0.0005 ms of slack apiece
+    slack = 5e-4 * (len(entry["stages_ms"]) + 1)
+    assert entry["stage_sum_ms"] == pytest.approx(sum(entry["stages_ms"].values()), abs=slack)
     assert entry["peak_memory_mb"] > 0 and entry["peak_memory_kind"] == "process peak RSS"
     means = entry["run_means_ms"]
     spread = (max(means) - min(means)) / sorted(means)[len(means) // 2] if len(means) % 2 else None
