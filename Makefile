@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo zoo kd docs lint clean-demo
+.PHONY: setup test test-slow demo zoo kd keyframe docs lint clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-extra.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ zoo: setup
 # zoo's leaderboard (checkpoints/leaderboard/; runs that make zoo trained already are reused).
 kd: setup
 	$(PY) -m training.zoo --only kd_base_synthetic --only ssp_synthetic --only kd_ssp_synthetic $(ZOO_ARGS)
+
+# Keyframes + flow propagation on the synthetic set: the image model, SwiftNet-R18 (swiftnet_synthetic, the frozen
+# keyframe model the config names) and keyframe_synthetic, side by side in the zoo's leaderboard.
+keyframe: setup
+	$(PY) -m training.zoo --only keyframe_synthetic $(ZOO_ARGS)
 
 docs: setup
 	$(PY) -m config.docs --write

@@ -30,6 +30,7 @@ from config.video_sections import (
     DFFCfg,
     FlowCfg,
     KDConsistencyCfg,
+    KeyframeCfg,
     NetWarpCfg,
     RegistrationCfg,
     TCBCfg,
@@ -47,6 +48,7 @@ __all__ = [
     "ImageConfig",
     "ImageModelCfg",
     "KDConsistencyCfg",
+    "KeyframeCfg",
     "LossCfg",
     "ModelCfg",
     "NetWarpCfg",
@@ -241,10 +243,11 @@ class VideoModelCfg:
         "tcb_module": "module",
     }
 
-    model_name: Literal["base", "dff2", "per_frame", "netwarp", "tcb"] = opt(
+    model_name: Literal["base", "dff2", "per_frame", "netwarp", "tcb", "keyframe"] = opt(
         "base",
         "base = SSP (semantic similarity propagation); dff2 = DFF; per_frame = the image model per frame; "
-        "netwarp = NetWarp; tcb = TCB (an OCR or PPM temporal context block, see video_model_cfg.tcb)",
+        "netwarp = NetWarp; tcb = TCB (an OCR or PPM temporal context block, see video_model_cfg.tcb); keyframe = "
+        "keyframes + optical-flow propagation (video_model_cfg.keyframe)",
         registry="video model",
         registry_extra=tuple(PLANNED_VIDEO_METHODS),
     )
@@ -292,6 +295,10 @@ class VideoModelCfg:
     )
     tcb: TCBCfg | None = field(
         default=None, metadata={"doc": "TCB settings (model_name: tcb)", "method": "tcb"}
+    )
+    keyframe: KeyframeCfg | None = field(
+        default=None,
+        metadata={"doc": "keyframe + flow propagation settings (model_name: keyframe)", "method": "keyframe"},
     )
 
     def __post_init__(self) -> None:

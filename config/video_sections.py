@@ -138,6 +138,47 @@ class NetWarpCfg(FeatureFlowCfg):
 
 
 @dataclass
+class KeyframeCfg:
+    """`video_model_cfg.keyframe`: keyframes + optical-flow propagation (``model_name: keyframe``,
+    ``other_methods.md`` §4). The image run is the frozen keyframe model (SwiftNet-R18 in the reference)."""
+
+    interval: int = opt(
+        2, "non-keyframes between keyframes (0 = the per-frame model); eval flag --interval", min=0
+    )
+    eval_scale: float = opt(
+        0.75, "the keyframe model sees the frame resized by this; eval flag --eval-scale", min=0
+    )
+    key_full_scale_in_training: bool = opt(
+        False, "reference train/test mismatch: the training keyframe is not downscaled by eval_scale"
+    )
+    resolution_div: int = opt(8, "propagation resolution P = input / resolution_div (reference: 8)", min=1)
+    flow: Literal["light", "raft_large", "raft_small", "dis", "farneback", "gt"] = opt(
+        "light", "flow between consecutive frames at P: the trainable light net, or a frozen provider"
+    )
+    flow_weights: str | None = opt(None, "providers: local RAFT weights (null = the default file)")
+    flow_iters: int = opt(12, "providers: RAFT refinement iterations", min=1)
+    flow_width: int = opt(32, "light: width of the flow net", min=1)
+    flow_scale_div: float = opt(
+        4.0, "logits move by flow / flow_scale_div pixels of P (reference constant)", min=0
+    )
+    refine: Literal["gsv", "none"] = opt("gsv", "refinement of the warped logits: GSV filtering or none")
+    gsv_width: int = opt(32, "GSV: base width of the intra net and the guide net (reference 32)", min=1)
+    use_edge: bool = opt(True, "GSV: feed the boundary map of the warped labels to the guide net")
+    train_ideal_delay: bool = opt(False, "GSV: train the one-pixel shift filters")
+    train_steps: list[int] = opt(
+        [1, 2], "training: the keyframe is l frames before the labelled one, every l"
+    )
+    guide_lr: float = opt(2.0e-2, "learning rate of the guide net (intra net: training_cfg.lr)", min=0)
+    flow_lr: float = opt(2.0e-2, "learning rate of the light flow net", min=0)
+    ce_weight: float = opt(10.0, "weight of the class-weighted cross-entropy (reference param_ce)", min=0)
+    kd_weight: float = opt(
+        10.0,
+        "weight of the KL to the per-frame model on the labelled frame (reference param_ce_distil)",
+        min=0,
+    )
+
+
+@dataclass
 class TCBCfg:
     """`video_model_cfg.tcb`: temporal context blocks (``model_name: tcb``, ``ssp.md`` §4.3-4.4)."""
 

@@ -8,11 +8,21 @@ the median run reported. GPU timing uses CUDA events and synchronisation; CPU ti
 Any run is timed through the video-model contract (an image run through the per-frame adapter), so every method
 is measured the same way. The headline latency is measured without stage timers; a separate pass gives the
 method's ``step`` a timer that wraps each of its stages (SSP: ``backbone``, ``head``, ``registration``, ``warp``,
-``fusion``, ``upsample``; DFF: ``keyframe``, ``flow``, ``warp``, ``head``, ``upsample``; all: ``argmax``),
+``fusion``, ``upsample``; DFF: ``keyframe``, ``flow``, ``warp``, ``head``, ``upsample``; keyframe propagation:
+``resize``, ``keyframe``, ``flow``, ``warp``, ``refine``, ``upsample``; all: ``argmax``),
 synchronising on GPU, to show where the time goes. Frozen helpers never read on-disk caches here; ``--set``
 replaces one of them for a run (``--set video_model_cfg.k_registrator_model=identity``). For a video run the
 benchmark also times its image network alone on the same frames, device and precision, and prints the ratio.
 Results go to ``<run>/benchmark/<device>_<H>x<W>_<precision>.json``.
+
+Keyframe methods (any model whose frames report ``StepOutput.key_distance``: DFF, keyframe propagation) also get
+the latency of keyframes and of the other frames, split from the headline's median run, and the average over one
+key cycle at the model's interval ``i``, ``cycle_fps = (i + 1) / (t_key + i * t_nonkey)`` (``metrics.md`` §7,
+``other_methods.md`` §4.7). ``--intervals 0,1,2,3,4`` (models offering the ``interval`` option) times the method
+again at each interval and, unless ``--no-curve-miou``, scores avg / min mIoU by key distance on the val split:
+§4.8's table as a curve (``report["curve"]``, ``monotonic``), plotted as mIoU against cycle FPS in
+``<same name>_curve.png`` (:mod:`eval.key_curve`). Interval 0 is the per-frame image network at the method's
+``eval_scale``.
 """
 
 from __future__ import annotations
@@ -24,18 +34,30 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from config.cli import CliParser
+from config.cli import CliParser, at_least
 from config.errors import ConfigError, run_cli
 from config.files import atomic_write_text, check_writable
 from data.frames import FramePair, open_split, read_frame
 from data.transforms import resize_frame, to_tensor
-from eval.evaluate import autocast, device_name, resolve_device, software
+from eval.evaluate import autocast, device_name, label_map, resolve_device, software
+from eval.key_curve import (
+    CurveScoring,
+    check_curve_model,
+    curve_fields,
+    format_curve,
+    format_key_split,
+    key_split,
+    measure_curve,
+    parse_intervals,
+    plot_curve,
+)
 from eval.vis.outputs import RUN_FOLDER_FIX
 from models.runs import load_streaming_model, locate_run
 from models.video.base import StepSide, VideoModel, no_timer
@@ -65,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-image-baseline", action="store_true", help="video runs: skip timing the image network"
     )
+    p.add_argument("--intervals", default=None, metavar="LIST",
+                   help="keyframe methods: time (and score) each keyframe interval of LIST, e.g. 0,1,2,3,4, for "
+                        "the accuracy/speed curve")  # fmt: skip
+    p.add_argument("--curve-miou", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --intervals: score avg and min mIoU by key distance on the val split at each "
+                        "interval (default: on)")  # fmt: skip
+    p.add_argument("--num-workers", type=at_least(0), default=0, help="--curve-miou: data-loader workers")
     return p
 
 
@@ -136,11 +165,17 @@ def _frames(
     return out
 
 
+# A stepper: (frame, pair to the previous frame, stage timer) -> the frame's key distance (None: no keyframes).
+Step = Callable[[torch.Tensor, FramePair | None, StageTimer | None], int | None]
+
+
 def _time_frames(
-    step: Callable[[torch.Tensor, FramePair | None, Any], None], frames: list[tuple[torch.Tensor, FramePair | None]],
-    n: int, warmup: int, device: torch.device, timer: StageTimer | None = None,
+    step: Step, frames: list[tuple[torch.Tensor, FramePair | None]], n: int, warmup: int, device: torch.device,
+    timer: StageTimer | None = None, distances: list[int | None] | None = None,
 ) -> list[float]:  # fmt: skip
-    """Per-frame latencies (ms) of ``n`` frames after ``warmup`` untimed ones, cycling through ``frames``."""
+    """Per-frame latencies (ms) of ``n`` frames after ``warmup`` untimed ones, cycling through ``frames``.
+    ``distances``, when given, receives each timed frame's key distance (what ``step`` returns), so that keyframe
+    and non-keyframe latencies can be told apart afterwards (a list append: the timed path stays as it was)."""
     lat: list[float] = []
     cuda = device.type == "cuda"
     for k in range(warmup + n):
@@ -148,27 +183,51 @@ def _time_frames(
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            step(x, pair, timer)
+            d = step(x, pair, timer)
             end.record()
             torch.cuda.synchronize(device)
             ms = start.elapsed_time(end)
         else:
             t0 = time.perf_counter()
-            step(x, pair, timer)
+            d = step(x, pair, timer)
             ms = (time.perf_counter() - t0) * 1e3
         if k >= warmup:
             lat.append(ms)
+            if distances is not None:
+                distances.append(d)
     return lat
+
+
+def _timed_runs(
+    steppers: dict[str, Step], frames: list[tuple[torch.Tensor, FramePair | None]], args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, tuple[list[list[float]], list[list[int | None]]]]:  # fmt: skip
+    """``args.warmup`` untimed frames, then ``args.runs`` timed runs of ``args.frames`` per stepper, interleaved
+    (drift on a shared machine hits every model alike): name -> (latencies per run, key distances per run)."""
+    out: dict[str, tuple[list[list[float]], list[list[int | None]]]] = {name: ([], []) for name in steppers}
+    for step in steppers.values():
+        _time_frames(step, frames, 0, args.warmup, device)
+    for _ in range(args.runs):
+        for name, step in steppers.items():
+            dist: list[int | None] = []
+            out[name][0].append(_time_frames(step, frames, args.frames, 0, device, distances=dist))
+            out[name][1].append(dist)
+    return out
 
 
 # Timed runs whose means differ by more than this share of their median are flagged: the figure is noise-bound.
 SPREAD_WARNING = 0.10
 
 
+def median_run(runs: list[list[float]]) -> int:
+    """The index of the median run by mean latency (the upper one of an even count)."""
+    return int(np.argsort([statistics.fmean(r) for r in runs])[len(runs) // 2])
+
+
 def summarise_runs(runs: list[list[float]]) -> dict:
     """Figures of the median run (by mean latency) and the spread between runs."""
     means = [statistics.fmean(r) for r in runs]
-    med = runs[int(np.argsort(means)[len(means) // 2])]
+    med = runs[median_run(runs)]
     mean = statistics.fmean(med)
     spread = (max(means) - min(means)) / statistics.median(means)
     return {"mean_ms": round(mean, 3), "median_ms": round(statistics.median(med), 3),
@@ -177,8 +236,11 @@ def summarise_runs(runs: list[list[float]]) -> dict:
             "run_spread": round(spread, 4), "noisy": spread > SPREAD_WARNING}  # fmt: skip
 
 
-def _steppers(model: VideoModel, dtype: torch.dtype | None, device: torch.device, baseline: bool) -> dict:
-    """name -> per-frame function ``(x [1,3,H,W], pair, timer) -> None`` (prediction computed and argmaxed).
+def _steppers(
+    model: VideoModel, dtype: torch.dtype | None, device: torch.device, baseline: bool
+) -> dict[str, Step]:
+    """name -> per-frame function ``(x [1,3,H,W], pair, timer) -> key distance`` (prediction computed and
+    argmaxed; the frame's ``StepOutput.key_distance``, None for a method without keyframes).
 
     ``image`` for a run whose model is the per-frame adapter (an image run), else ``video`` and, with
     ``baseline``, ``image``: the model's own image network through the per-frame adapter, on the same frames."""
@@ -190,13 +252,14 @@ def _steppers(model: VideoModel, dtype: torch.dtype | None, device: torch.device
         state = {"s": m.init_state()}
 
         def step(x: torch.Tensor, pair: FramePair | None, timer: StageTimer | None, m: VideoModel = m,
-                 state: dict = state) -> None:  # fmt: skip
+                 state: dict = state) -> int | None:  # fmt: skip
             if pair is None:
                 state["s"] = m.init_state()  # clip boundary
             with autocast(device, dtype):
                 o, state["s"] = m.step(x, state["s"], StepSide(pair=pair, timer=timer or no_timer))
             with timer("argmax") if timer is not None else _null():
-                o.logits.argmax(1)
+                label_map(o.logits)
+            return o.key_distance
 
         out[name] = step
     return out
@@ -205,6 +268,24 @@ def _steppers(model: VideoModel, dtype: torch.dtype | None, device: torch.device
 @contextmanager
 def _null() -> Iterator[None]:
     yield
+
+
+def _key_split(model: VideoModel, timed: tuple[list[list[float]], list[list[int | None]]]) -> dict | None:
+    """The keyframe / non-keyframe split of the median run (the one the headline reports), at the model's
+    current interval; None for a model whose frames report no key distance."""
+    lat, dist = timed
+    k = median_run(lat)
+    return key_split(lat[k], dist[k], model.options().get("interval"))
+
+
+def _time_alone(model: VideoModel, dtype: torch.dtype | None, frames: list[tuple[torch.Tensor, FramePair | None]],
+                args: argparse.Namespace, device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """``--intervals``: the method alone, from a fresh state, timed like the headline (figures of the median run
+    with its keyframe split)."""
+    steppers = _steppers(model, dtype, device, baseline=False)
+    with torch.inference_mode():
+        timed = next(iter(_timed_runs(steppers, frames, args, device).values()))
+    return {**summarise_runs(timed[0]), **(_key_split(model, timed) or {})}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -218,12 +299,17 @@ def main(argv: list[str] | None = None) -> dict:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
+    if args.intervals is None and args.curve_miou is not None:
+        raise ConfigError("--curve-miou / --no-curve-miou: only with --intervals (the curve it scores)")
+    intervals = parse_intervals(args.intervals) if args.intervals is not None else None
     run = locate_run(args.run, args.save_dir)
     check_writable(run / "benchmark", fix=RUN_FOLDER_FIX)  # now, not after minutes of timing
     # Never an on-disk cache of a helper's results: a benchmark times the estimate itself, not reading it back.
     model, cfg, meta = load_streaming_model(run, args.best_model, use_caches=False, overrides=args.set)
     kind = meta.get("kind")
     model.to(device).eval()
+    if intervals is not None:
+        check_curve_model(model)  # before any timing
     h = cfg.data_cfg.crop_size[0] if args.height is None else args.height
     w = cfg.data_cfg.crop_size[1] if args.width is None else args.width
     model.image_model.check_input_size(h, w)
@@ -231,23 +317,23 @@ def main(argv: list[str] | None = None) -> dict:
     frames = [(to_tensor([f]).to(device), pair) for f, pair in raw]
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     results: dict[str, Any] = {}
+    curve: list[dict[str, Any]] = []
+    want_miou = intervals is not None and args.curve_miou is not False
+    crop = (cfg.data_cfg.crop_size[0], cfg.data_cfg.crop_size[1])
+    val = open_split(cfg.data_cfg, "val", cfg.data_cfg.min_vid_len)[1:] if want_miou else None
     for prec in precisions:
         dtype = torch.bfloat16 if prec == "bf16" else None
         steppers = _steppers(model, dtype, device, baseline=not args.no_image_baseline)
-        runs: dict[str, list[list[float]]] = {name: [] for name in steppers}
         n_stage = min(args.frames, 50)
         with torch.inference_mode():
-            for step in steppers.values():
-                _time_frames(step, frames, 0, args.warmup, device)
-            for _ in range(args.runs):  # interleaved: drift on a shared machine hits every model alike
-                for name, step in steppers.items():
-                    runs[name].append(_time_frames(step, frames, args.frames, 0, device))
+            runs = _timed_runs(steppers, frames, args, device)
             for name, step in steppers.items():
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 timer = StageTimer(device)
                 stage_pass = _time_frames(step, frames, n_stage, 0, device, timer)
-                entry = summarise_runs(runs[name])
+                entry = summarise_runs(runs[name][0])
+                entry.update(_key_split(model, runs[name]) or {})  # keyframe methods only: others as before
                 pass_ms = sum(stage_pass) / n_stage
                 split = stage_split({k: v / n_stage for k, v in timer.ms.items()}, pass_ms)
                 entry["stages_ms"] = {k: round(v, 3) for k, v in split.items()}
@@ -266,6 +352,11 @@ def main(argv: list[str] | None = None) -> dict:
             results[f"ratio/{prec}"] = round(
                 results[f"video/{prec}"]["fps"] / results[f"image/{prec}"]["fps"], 3
             )
+        if intervals is not None:
+            image = results.get(f"image/{prec}")
+            scoring = None if val is None else CurveScoring(*val, crop, device, dtype, args.num_workers)
+            curve += measure_curve(model, intervals, partial(_time_alone, model, dtype, frames, args, device),
+                                   scoring, image and image["fps"], prec)  # fmt: skip
     on_cuda = device.type == "cuda"
     report = {
         "run": str(run), "checkpoint": meta["path"], "kind": kind, "input_size": [h, w], "batch_size": 1,
@@ -277,7 +368,16 @@ def main(argv: list[str] | None = None) -> dict:
         "software": software(),
     }  # fmt: skip
     suffix = f"_t{args.threads}" if args.threads is not None else ""
-    out = run / "benchmark" / f"{device.type}_{h}x{w}_{args.precision}{suffix}.json"
+    stem = f"{device.type}_{h}x{w}_{args.precision}{suffix}"
+    if intervals is not None:
+        plot = run / "benchmark" / f"{stem}_curve.png" if want_miou else None
+        source = (
+            f"{cfg.data_cfg.dataset} val clips at the run's crop size {crop[0]}x{crop[1]}, key phases auto"
+        )
+        report.update(curve_fields(curve, plot, source if want_miou else None))
+        if plot is not None:
+            plot_curve(curve, plot, f"{run.name}: mIoU against cycle FPS ({report['device']}, {h}x{w})")
+    out = run / "benchmark" / f"{stem}.json"
     atomic_write_text(out, json.dumps(report, indent=1), fix=RUN_FOLDER_FIX)
     print(format_report(report))
     print(f"written to {out}")
@@ -330,6 +430,11 @@ def format_report(report: dict) -> str:
     for key, v in report["results"].items():
         if key.startswith("ratio/"):
             lines.append(f"  video FPS / image FPS ({key[6:]}): {v:.3f}")
+    lines += [
+        format_key_split(k, e) for k, e in report["results"].items() if isinstance(e, dict) and "key_ms" in e
+    ]
+    if "curve" in report:
+        lines.append(format_curve(report))
     return "\n".join(lines)
 
 

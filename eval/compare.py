@@ -30,7 +30,7 @@ from config.cli import CliParser, at_least
 from config.errors import CheckpointError, ConfigError, run_cli
 from eval import benchmark
 from eval.evaluate import resolve_device
-from eval.leaderboard import COLUMNS, write_leaderboard
+from eval.leaderboard import columns, write_leaderboard
 from eval.vis import image as eval_image
 from eval.vis import video as eval_video
 from models.runs import architecture_of, load_streaming_model, locate_run
@@ -220,10 +220,15 @@ def method_label(e: Entry) -> str:
         return f"image baseline ({', '.join([architecture_of(e.config, 'image').removeprefix('image model '), *taught])})"
     described = e.metrics.get("video_model") or e.bench.get("video_model") or {}
     name = e.config.get("video_model_cfg", {}).get("model_name", described.get("method", "?"))
+    # A keyframe method's row leads with the key interval its key_cycle scores were measured at (min mIoU depends
+    # on it). The description's key_phase is left out there: the key-cycle passes may pool several phases
+    # (metrics.json key_cycle.phases says which).
+    cycle = _key_cycle(e.metrics)
+    skip = ("method", "inference", "helpers", *(("interval", "key_phase") if cycle else ()))
     # Scalar settings only (DFF's k_interval, TCB's module): lists and dicts (widths, learned statistics) would
     # swamp the column; metrics.json keeps the whole description.
-    own = [f"{k} {v}" for k, v in described.items()
-           if k not in ("method", "inference", "helpers") and isinstance(v, (str, int, float, bool))]  # fmt: skip
+    own = [f"interval {cycle['interval']}"] if cycle else []
+    own += [f"{k} {v}" for k, v in described.items() if k not in skip and isinstance(v, (str, int, float, bool))]  # fmt: skip
     helpers = [
         f"{k} {benchmark.short_settings(h['settings'])}"
         for k, h in (described.get("helpers") or {}).items()
@@ -262,13 +267,21 @@ def training_minutes(run: Path) -> float | None:
     return round(sum(times) / 60, 3) if times and None not in times else None
 
 
+def _key_cycle(m: dict) -> dict | None:
+    """The metrics.json ``key_cycle`` entry of a keyframe method's evaluation (scores by position in the key
+    cycle, ``eval.key_cycle``), or None when the run has none (every other method, and older results)."""
+    cycle = m.get("key_cycle")
+    return cycle if isinstance(cycle, dict) and cycle.get("interval") is not None else None
+
+
 def _tc(m: dict, name: str) -> float | None:
     entry = (m.get("tc") or {}).get(name)
     return None if entry is None else entry["value"]
 
 
 def row(e: Entry, precision: str) -> dict[str, Any]:
-    """The leaderboard row of a run (keys: :data:`eval.leaderboard.COLUMNS` plus ``vc_<n>``), values as stored."""
+    """The leaderboard row of a run (keys: :data:`eval.leaderboard.COLUMNS` plus ``vc_<n>``, and ``min_miou`` for a
+    run whose metrics.json has a ``key_cycle`` entry), values as stored."""
     m, res = e.metrics, e.bench["results"]
     # A per-frame model (an image run, or a video run of the per-frame method) is timed as "image": it is its own
     # image network, so its FPS ratio to that network is 1 by definition.
@@ -283,6 +296,11 @@ def row(e: Entry, precision: str) -> dict[str, Any]:
         "peak_memory_kind": own.get("peak_memory_kind"), "train_min": training_minutes(e.run),
         "device": e.bench["device"],
     }  # fmt: skip
+    cycle = _key_cycle(m)
+    if cycle is not None:
+        # Only keyframe rows carry the key (the column shows when some row has it); the value as evaluated: the
+        # frames just before the next keyframe, never recomputed here.
+        out["min_miou"] = cycle.get("min_miou")
     for n, entry in sorted((m.get("vc") or {}).items(), key=lambda kv: int(kv[0])):
         out[f"vc_{n}"] = entry.get("value")
     return out
@@ -316,7 +334,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     paths = write_leaderboard(out, rows, settings)
     for path in paths:
         print(f"written {path}")
-    print(f"{len(rows)} runs ranked; columns: {', '.join(COLUMNS)}")
+    print(f"{len(rows)} runs ranked; columns: {', '.join(columns(rows))}")
     return rows
 
 

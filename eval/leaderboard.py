@@ -15,23 +15,32 @@ from typing import Any
 from config.files import atomic_path, atomic_write_text, check_writable
 
 OUT_FIX = "pass another --out folder"
-# Columns in order (``vc_<n>`` columns, one per VC window length the runs have, follow ``tc_strict``).
+# Columns in order (``vc_<n>`` columns, one per VC window length the runs have, follow ``tc_strict``; ``min_miou``
+# follows ``miou`` when some row has it, see :func:`columns`).
 COLUMNS = ("rank", "method", "config", "run", "image_run", "miou", "tc_reference", "tc_strict", "fps",
            "fps_vs_image", "params", "peak_memory_mb", "peak_memory_kind", "train_min", "device")  # fmt: skip
 # Markdown titles; columns not named here are CSV only.
 TITLES = {
     "rank": "#", "method": "Method", "config": "Config", "run": "Run", "image_run": "Image run", "miou": "mIoU %",
+    "min_miou": "min mIoU %",
     "tc_reference": "TC ref %", "tc_strict": "TC strict %", "fps": "FPS", "fps_vs_image": "x image",
     "params": "Params (M)", "peak_memory_mb": "Peak MB", "train_min": "Train min",
 }  # fmt: skip
-PERCENT = ("miou", "tc_reference", "tc_strict")
+PERCENT = ("miou", "min_miou", "tc_reference", "tc_strict")
+# The optional column of keyframe methods: metrics.json ``key_cycle.min_miou``, the mIoU of the frame just before
+# the next keyframe (the worst of the cycle; ``eval.key_cycle``). Only keyframe rows have the key.
+MIN_MIOU = "min_miou"
 
 
 def columns(rows: list[dict]) -> list[str]:
-    """:data:`COLUMNS` with the rows' ``vc_<n>`` columns after ``tc_strict``."""
+    """:data:`COLUMNS` with the rows' ``vc_<n>`` columns after ``tc_strict``, and ``min_miou`` after ``miou`` when
+    some row has it (a table without keyframe methods keeps its columns)."""
     vc = sorted({k for r in rows for k in r if k.startswith("vc_")}, key=lambda k: int(k[3:]))
     i = COLUMNS.index("tc_strict") + 1
-    return [*COLUMNS[:i], *vc, *COLUMNS[i:]]
+    cols = [*COLUMNS[:i], *vc, *COLUMNS[i:]]
+    if any(MIN_MIOU in r for r in rows):
+        cols.insert(cols.index("miou") + 1, MIN_MIOU)
+    return cols
 
 
 def _cell(key: str, value: Any) -> str:
@@ -63,6 +72,9 @@ def markdown(rows: list[dict], settings: dict) -> str:
         "Every number is read from the run's `results/<split>/metrics.json` and `benchmark/*.json`; 'x image' is "
         "the FPS relative to the run's own image network on the same frames and device; training time is the sum "
         "of the epochs' times in the run's `metrics.json`. Peak memory on CPU is the benchmark process's own peak RSS (VmHWM).",
+        *(["", "'min mIoU' (keyframe methods; the key interval is in the method's name) is the mIoU of the frames "
+           "just before the next keyframe, the worst of the key cycle (`key_cycle.min_miou` in `metrics.json`)."]
+          if MIN_MIOU in cols else []),
         "",
         "| " + " | ".join(titles) + " |",
         "|" + "|".join("---" for _ in cols) + "|",

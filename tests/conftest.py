@@ -97,3 +97,18 @@ def tiny_video_overrides(tiny_synthetic: Path, tiny_image_run: Path, tmp_path: P
         "training_cfg.val_interval=1",
         "optim_cfg.warmup_epochs=0",
     ]
+
+
+@pytest.fixture
+def tiny_dff_run(tiny_synthetic: Path, tiny_image_run: Path, tmp_path: Path) -> Path:
+    """A one-step DFF run (frozen DIS flow, ``k_interval`` 3 = interval 2) on the tiny set."""
+    from training import train_video
+
+    h, w = TINY_HW
+    return train_video.main([
+        "dff_synthetic", f"save_dir={tmp_path}", f"data_cfg.path={tiny_synthetic}",
+        f"data_cfg.crop_size=[{h}, {w}]", f"image_model_cfg.checkpoint_name={tiny_image_run}",
+        "video_model_cfg.dff.k_interval=3", "training_cfg.batch_size=2", "training_cfg.num_epochs=1",
+        "training_cfg.max_steps_per_epoch=1", "training_cfg.max_val_samples=2", "training_cfg.num_workers=0",
+        "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0",
+    ])  # fmt: skip

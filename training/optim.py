@@ -16,9 +16,17 @@ from config.schema import OptimCfg, TrainingCfg
 
 
 def build_optimizer(model: nn.Module, tcfg: TrainingCfg, ocfg: OptimCfg) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters; with ``trained_layer``, two groups (``lr``/``secondary_lr``)."""
+    """The optimizer over the trainable parameters; with ``trained_layer``, two groups (``lr``/``secondary_lr``);
+    a model with a ``param_groups(lr)`` method (keyframe propagation's guide and flow nets) gives its own groups."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if tcfg.trained_layer:
+    # a method's own lr groups (through a DDP wrapper too)
+    own = getattr(getattr(model, "module", model), "param_groups", None)
+    if own is not None and not tcfg.trained_layer:
+        groups = own(tcfg.lr)
+        grouped = {id(p) for g in groups for p in g["params"]}
+        if grouped != {id(p) for _, p in named}:
+            raise ValueError(f"{type(model).__name__}.param_groups must cover each trainable parameter once")
+    elif tcfg.trained_layer:
         main = [p for n, p in named if tcfg.trained_layer in n]
         rest = [p for n, p in named if tcfg.trained_layer not in n]
         groups = [{"params": main, "lr": tcfg.lr}, {"params": rest, "lr": tcfg.secondary_lr}]

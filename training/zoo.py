@@ -5,7 +5,10 @@ On the embedded synthetic aerial video set (generated on first use):
 1. train the image model (``config/image/base_synthetic.yaml``);
 2. train every other image config named ``config/image/*_synthetic.yaml`` that trains (not ``untrained_*``), and
    every video config named ``config/video/*_synthetic.yaml`` from that image run — discovered, so a new method's
-   synthetic config joins the zoo without any change here;
+   synthetic config joins the zoo without any change here. A video config whose ``image_model_cfg.checkpoint_name``
+   (its YAML file, or ``--video``) names an image config the zoo trains (e.g. ``swiftnet_synthetic``, the frozen
+   keyframe model of ``keyframe_synthetic``) starts from that config's run instead, which is trained first (with
+   ``--only``, too); any other value (empty, a run, a path) keeps the base image run;
 3. a config that distils (``loss_cfg.loss_func: kldiv``) without naming its teacher gets the zoo's teacher
    (``config/image/teacher_synthetic.yaml``), trained once, whose logits of every training frame are dumped once
    (``eval.vis.image --save-logits``) and passed as ``data_cfg.teacher_run``;
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from config.cli import CliParser, at_least
 from config.errors import ConfigError, run_cli
@@ -78,6 +82,13 @@ def selected(only: list[str] | None = None) -> list[tuple[str, str]]:
     return found
 
 
+def image_start(name: str, overrides: list[str], trained: set[str]) -> str | None:
+    """The zoo image config a video config names as its image model (its ``image_model_cfg.checkpoint_name``, with
+    ``overrides``) when that config is one of ``trained``, else None (the zoo then passes the base image run)."""
+    named = load(name, "video", overrides).image_model_cfg.checkpoint_name
+    return named if named in trained else None
+
+
 def needs_teacher(name: str, kind: str, overrides: list[str]) -> bool:
     """Whether a config distils without naming its teacher's logits or run (the zoo then provides its teacher)."""
     cfg = load(name, kind, overrides)
@@ -107,10 +118,21 @@ def _resolved(name: str, kind: str, overrides: list[str]) -> dict:
     return json.loads(json.dumps(to_dict(load(name, kind, overrides)), default=str))
 
 
+def same_config(stored: Any, current: Any) -> bool:
+    """Whether a recorded resolved config trains like the current one. A key the schema gained since the run was
+    recorded counts only when it is set: a new method's section (``null`` unless that method is chosen) must not
+    retrain every run of the zoo."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return all(k in current for k in stored) and all(
+            same_config(stored[k], v) if k in stored else v is None for k, v in current.items()
+        )
+    return stored == current
+
+
 def _reusable(entry: dict | None, overrides: list[str], config: dict) -> Path | None:
     """The recorded run of a step when it finished and was trained with the same overrides and the same resolved
     config (the YAML files may have changed since), else None."""
-    if not entry or entry.get("overrides") != overrides or entry.get("config") != config:
+    if not entry or entry.get("overrides") != overrides or not same_config(entry.get("config"), config):
         return None
     run = Path(entry.get("run", ""))
     return run if run.is_dir() and run_status(run) == "finished" else None
@@ -124,8 +146,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--video", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every video config (repeatable)")  # fmt: skip
     p.add_argument("--only", action="append", default=[], metavar="NAME",
-                   help=f"train only this config besides {IMAGE_CONFIG} (repeatable; default: every config/image and "
-                        f"config/video/{VIDEO_PATTERN})")  # fmt: skip
+                   help=f"train only this config besides {IMAGE_CONFIG} and the image configs it starts or distils "
+                        f"from (repeatable; default: every config/image and config/video/{VIDEO_PATTERN})")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="smoke run: a few steps per model, a few timed frames"
     )
@@ -163,19 +185,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # The video runs share the image run's data and save folder (the image overrides that name them).
     shared = [o for o in args.image if o.split("=", 1)[0].startswith(("save_dir", "data_cfg."))]
 
+    # A video config naming a zoo image config as its image model starts from that config's run (step 2); one
+    # naming the base image config needs nothing more than the default.
+    trained = {n for n, k in discovered() if k == "image"}
+    starts = {n: image_start(n, args.video, trained) for n, k in chosen if k == "video"}
+
     def overrides_of(name: str, kind: str) -> list[str]:
         if kind == "image":
             return image_overrides
-        return [*shared, *quick_video, f"image_model_cfg.checkpoint_name={runs[IMAGE_CONFIG]}", *args.video]
+        start = starts.get(name)
+        if start is None:
+            base = f"image_model_cfg.checkpoint_name={runs[IMAGE_CONFIG]}"
+            return [*shared, *quick_video, base, *args.video]
+        # after --video: the run replaces the config's name, which --video may have given
+        return [*shared, *quick_video, *args.video, f"image_model_cfg.checkpoint_name={runs[start]}"]
 
+    # the image configs they start from train too (with --only, pulled in as the teacher is)
+    names = [n for n, _ in chosen]
+    todo = [*chosen, *((n, "image") for n in sorted({s for s in starts.values() if s}) if n not in names)]
     # the teacher trains right after the base image run when some config distils from it
     steps = [(IMAGE_CONFIG, "image")]
-    students = {
-        n for n, k in chosen if needs_teacher(n, k, overrides_of(n, k) if k == "image" else args.video)
-    }
-    if students and TEACHER_CONFIG not in [n for n, _ in chosen]:
+    students = {n for n, k in todo if needs_teacher(n, k, overrides_of(n, k) if k == "image" else args.video)}
+    if students and TEACHER_CONFIG not in [n for n, _ in todo]:
         steps.append((TEACHER_CONFIG, "image"))
-    steps += sorted(chosen, key=lambda nk: (nk[0] != TEACHER_CONFIG, nk[1] != "image"))
+    steps += sorted(todo, key=lambda nk: (nk[0] != TEACHER_CONFIG, nk[1] != "image"))
     runs: dict[str, Path] = {}
     dumped = False
     for i, (name, kind) in enumerate(steps, 1):

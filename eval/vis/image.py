@@ -29,7 +29,7 @@ from config.loader import load as load_config
 from data.catalog import DatasetInfo, get_dataset_info
 from data.image_dataset import FrameStream, collate_stream, worker_init
 from data.logits import LOGIT_DTYPES, LOGIT_FORMATS, FrameRule
-from eval.evaluate import autocast, device_name, predict_tta, software
+from eval.evaluate import autocast, device_name, label_map, predict_tta, software
 from eval.vis.outputs import LogitsWriter, PredictionWriter, format_scores, format_table, write_metrics
 from eval.vis.stream import EvalSetup, FrameScorer, add_common_args, build_tc, build_vc, open_run
 from models.runs import load_image_model
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             logits = model.resize_logits(head, images.shape[-2:])
         else:
             logits = predict_tta(model, images, tta, model.backbone.input_multiple, amp)
-        pred = logits.argmax(1)
+        pred = label_map(logits)
         for i in range(len(pred)):
             clip, frame = batch["clip"][i], batch["frame"][i]
             if scorer is not None:

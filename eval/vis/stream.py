@@ -23,7 +23,7 @@ from config.cli import at_least
 from config.errors import ConfigError, writing
 from data.catalog import DatasetInfo
 from data.frames import Clip, open_split
-from eval.evaluate import amp_dtype, resolve_device
+from eval.evaluate import amp_dtype, label_map, resolve_device
 from eval.metrics import ConfusionMatrix
 from eval.tc import TemporalConsistency, protocol
 from eval.vc import VideoConsistency
@@ -126,6 +126,19 @@ def build_vc(arg: str) -> list[VideoConsistency]:
     return [VideoConsistency(n, windows="vspw", ignore="include") for n in ns]
 
 
+def scored_prediction(pred: torch.Tensor, label: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
+    """The prediction to score against ``label`` [h,w]: ``pred`` [H,W] itself at the label's size, else ``logits``
+    [K,H,W] resized bilinearly to ``[h,w]``, then argmax (``--resolution label``, ``metrics.md`` §1)."""
+    if tuple(label.shape) == tuple(pred.shape):
+        return pred
+    if logits is None:
+        raise ValueError("a label at another resolution than the prediction needs the logits")
+    resized = F.interpolate(
+        logits[None].float(), size=tuple(label.shape), mode="bilinear", align_corners=False
+    )
+    return label_map(resized[0], 0)
+
+
 class FrameScorer:
     """Per-frame scoring in clip order: mIoU on labelled frames, TC over consecutive frames, VC_n."""
 
@@ -150,16 +163,7 @@ class FrameScorer:
             for v in self.vc:
                 v.start_clip(clip.name, n_frames=len(clip))
         if label is not None:
-            scored = pred
-            if tuple(label.shape) != tuple(pred.shape):
-                if logits is None:
-                    raise ValueError("a label at another resolution than the prediction needs the logits")
-                size = tuple(label.shape)
-                scored = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[
-                    0
-                ]
-                scored = scored.argmax(0)
-            self.cm.update(scored, label.to(pred.device))
+            self.cm.update(scored_prediction(pred, label, logits), label.to(pred.device))
             self.labelled_frames += 1
         if self.tc is not None:
             frame01 = torch.as_tensor(np.asarray(rgb)).to(pred.device).permute(2, 0, 1).float() / 255.0

@@ -21,6 +21,7 @@ as ``builder(cfg, image_model, *, device, pretrained, use_caches)`` (see :func:`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from config.errors import ConfigError
 from data.frames import FramePair
 from data.video_batch import DataNeeds, VideoBatch
 from models.image.segmentor import Segmentor
@@ -50,6 +52,31 @@ Timer = Callable[[str], AbstractContextManager]
 def no_timer(name: str) -> AbstractContextManager:
     """The default stage timer: times nothing (the benchmark passes a real one)."""
     return nullcontext()
+
+
+def option_value(name: str, value: Any, kind: type) -> Any:
+    """A runtime option's value as ``kind`` (int, float or bool); anything else is a one-line ConfigError (a
+    typo such as ``use_edge=flase`` must not silently mean False, nor ``interval=1.5`` mean 1)."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+    else:
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if kind is float and math.isfinite(number):
+            return number
+        if kind is int and math.isfinite(number) and number == int(number):
+            return int(number)
+    raise ConfigError(
+        f"runtime option {name}: expected {'a whole number' if kind is int else kind.__name__}, got {value!r}"
+    )
 
 
 @dataclass
@@ -87,11 +114,14 @@ class StepOutput:
         image_logits: [B,K,h,w] the plain image network's logits for this frame at its head's output stride
             (resize with ``image_model.resize_logits``), or None when the method did not run it on this frame.
         extras: named tensors a method exposes (for its losses or diagnostics).
+        key_distance: keyframe methods: frames since the last keyframe (0 on a keyframe), which the evaluation
+            groups its scores by; None for methods without keyframes.
     """
 
     logits: Tensor
     image_logits: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    key_distance: int | None = None
 
 
 @dataclass
@@ -130,6 +160,32 @@ class VideoModel(nn.Module):
         if freeze_image_model:
             image_model.requires_grad_(False)
         object.__setattr__(self, "_helpers", {})
+
+    # -- runtime options ------------------------------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        """Settings that may change after training without touching the weights, with their current values
+        (keyframe methods: ``interval``, ``eval_scale``, ...). The evaluation CLIs and the benchmark set them by
+        name (``--interval``, ``--eval-scale``, ``--option NAME=VALUE``) through :meth:`set_options`."""
+        return {}
+
+    def set_options(self, **values: Any) -> None:
+        """Apply runtime options; a name the method does not offer is a one-line :class:`ConfigError`."""
+        offered = self.options()
+        unknown = [k for k in values if k not in offered]
+        if unknown:
+            have = ", ".join(offered) if offered else "none"
+            raise ConfigError(
+                f"method '{self.method}' has no runtime option {', '.join(unknown)} (it offers: {have})"
+            )
+        for k, v in values.items():
+            self._set_option(k, v)
+
+    def _set_option(self, name: str, value: Any) -> None:
+        raise NotImplementedError  # only reached for an offered option
+
+    def eval_variants(self) -> dict[str, dict[str, Any]]:
+        """Named option sets the evaluation also reports (a keyframe method's 'without edge'); default none."""
+        return {}
 
     # -- frozen helpers -----------------------------------------------------------------------------------
     def add_helper(self, name: str, helper: Any) -> None:

@@ -1,6 +1,7 @@
 """DFF: deep feature flow, the ``dff2`` variant (``ssp.md`` §4.1, §4.5) around a trained image segmentor.
 
-A keyframe (clip index ``i`` with ``i mod k_interval == 0``) runs the whole image network and keeps its last
+A keyframe (clip index ``i`` with ``i mod k_interval == 0``, decided by the shared
+:class:`~models.video.keyframe.KeySchedule`) runs the whole image network and keeps its last
 feature ``g`` ``[B,C,H/f,W/f]`` (the head's pre-classifier feature, ``f = image_model.feature_stride``). Any other
 frame is never encoded: the flow from it to the previous frame (at its pixels, pointing into ``t-1``) is resized
 to stride ``f`` (values scaled), the previous feature is pulled along it and only the classifier runs on the
@@ -30,7 +31,8 @@ from models.flow.base import FlowProvider
 from models.flow.gt import resize_flow
 from models.image.segmentor import Segmentor
 from models.registry import VIDEO_MODELS
-from models.video.base import DataNeeds, StepOutput, StepSide, VideoModel
+from models.video.base import DataNeeds, StepOutput, StepSide, VideoModel, option_value
+from models.video.keyframe import KeySchedule
 from models.warp import flow_warp
 
 FLOW_MODES = ("bilinear", "nearest")
@@ -44,11 +46,13 @@ class DFFState:
         index: index in the clip of the next frame (decides the keyframes).
         feature: [B,C,H/f,W/f] the previous frame's last feature (computed on a keyframe, else warped), or None.
         frame01: [B,3,H,W] the previous frame, RGB in [0,1] (what the flow is computed on), or None.
+        since_key: frames since the last keyframe, or None before the first.
     """
 
     index: int = 0
     feature: Tensor | None = None
     frame01: Tensor | None = None
+    since_key: int | None = None
 
 
 class DFF(VideoModel):
@@ -94,7 +98,8 @@ class DFF(VideoModel):
                 f"video_model_cfg.dff.max_key_offset={max_key_offset}: the stored flow of '{flow_provider.name}' "
                 "links neighbouring frames only; set max_key_offset: 1 or use another flow"
             )
-        self.k_interval, self.flow_mode, self.max_key_offset = int(k_interval), flow_mode, int(max_key_offset)
+        self.flow_mode, self.max_key_offset = flow_mode, int(max_key_offset)
+        self.schedule = KeySchedule(interval=int(k_interval) - 1)  # the cycle is k_interval frames long
         self.flow_network = flow_network  # a submodule: in the state dict and the optimizer
         self.add_helper("flow", flow_provider)  # frozen: outside the state dict, the optimizer and DDP
 
@@ -104,6 +109,19 @@ class DFF(VideoModel):
         provider reads stored results (it cannot follow augmented frames; the loader carries them instead)."""
         true_flows = self.flow is not None and self.flow.needs_pairs
         return DataNeeds(offsets=(-1,), max_key_offset=self.max_key_offset, true_flows=true_flows)
+
+    @property
+    def k_interval(self) -> int:
+        """Frames per key cycle (the reference's ``k_interval`` = ``interval + 1``)."""
+        return self.schedule.period
+
+    def options(self) -> dict[str, Any]:
+        """``interval``: non-keyframes between keyframes (``k_interval - 1``); ``key_phase``: see
+        :class:`~models.video.keyframe.KeySchedule`."""
+        return {"interval": self.schedule.interval, "key_phase": self.schedule.phase}
+
+    def _set_option(self, name: str, value: Any) -> None:
+        self.schedule.set(**{"interval" if name == "interval" else "phase": option_value(name, value, int)})
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -135,7 +153,8 @@ class DFF(VideoModel):
         side = side if side is not None else StepSide()
         im = self.image_model
         cur01 = denormalize(frame)  # flow networks and providers take RGB in [0,1]
-        if state.feature is None or state.index % self.k_interval == 0:
+        key = self.schedule.is_key(state.index, None if state.feature is None else state.since_key)
+        if key:
             with side.timer("keyframe"):
                 g = im.decode_last_feature(im.encode(frame))
                 logits = im.classify(g)
@@ -153,7 +172,9 @@ class DFF(VideoModel):
             image_logits = None  # the image network did not run on this frame
         with side.timer("upsample"):
             out = im.resize_logits(logits, frame.shape[-2:])
-        return StepOutput(logits=out, image_logits=image_logits), DFFState(state.index + 1, g, cur01)
+        since = 0 if key else state.since_key + 1
+        return (StepOutput(logits=out, image_logits=image_logits, key_distance=since),
+                DFFState(state.index + 1, g, cur01, since))  # fmt: skip
 
     def _flow(self, cur01: Tensor, prev01: Tensor, pair: FramePair | None) -> Tensor:
         """[B,2,H,W]: the displacement at the current frame's pixels pointing into the previous frame."""

@@ -77,6 +77,8 @@ def test_video_run_benchmark_fp32(video_run: Path) -> None:
     )
     assert set(res["image/fp32"]["stages_ms"]) == {"backbone", "head", "upsample", "argmax", "other"}
     assert res["ratio/fp32"] == round(res["video/fp32"]["fps"] / res["image/fp32"]["fps"], 3)
+    # no keyframes: no keyframe split, no curve (the report of a method without keyframes is as it was)
+    assert not any("key_ms" in res[k] for k in ("video/fp32", "image/fp32")) and "curve" not in report
     described = report["video_model"]
     assert described["method"] == "base"
     assert (
@@ -114,6 +116,8 @@ def test_bad_arguments_are_config_errors(video_run: Path) -> None:
     for bad in (["--frames", "0"], ["--runs", "0"], ["--warmup", "-1"], ["--height", "0"], ["--width", "-8"]):
         with pytest.raises(ConfigError, match="at least"):
             benchmark.main([str(video_run), *QUICK, *bad])
+    with pytest.raises(ConfigError, match="--intervals: method 'base' has no keyframe interval"):
+        benchmark.main([str(video_run), *QUICK, "--intervals", "0,1"])
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             benchmark.main([str(video_run), *QUICK, "--device", "cuda"])
@@ -133,17 +137,10 @@ def test_image_run_benchmark_has_image_entries_only(tiny_image_run: Path, tmp_pa
         assert set(entry["stages_ms"]) == {"backbone", "head", "upsample", "argmax", "other"}
 
 
-def test_dff_run_reports_its_own_stages(tiny_synthetic: Path, tiny_image_run: Path, tmp_path: Path) -> None:
+def test_dff_run_reports_its_own_stages(tiny_dff_run: Path, tiny_image_run: Path) -> None:
     """The benchmark times any method through the contract: DFF's keyframe / flow / warp / head split, and no
     registration (a DFF run needs no DISK or RAFT file)."""
-    h, w = TINY_HW
-    run = train_video.main([
-        "dff_synthetic", f"save_dir={tmp_path}", f"data_cfg.path={tiny_synthetic}",
-        f"data_cfg.crop_size=[{h}, {w}]", f"image_model_cfg.checkpoint_name={tiny_image_run}",
-        "video_model_cfg.dff.k_interval=3", "training_cfg.batch_size=2", "training_cfg.num_epochs=1",
-        "training_cfg.max_steps_per_epoch=1", "training_cfg.max_val_samples=2", "training_cfg.num_workers=0",
-        "training_cfg.vis_samples=0", "optim_cfg.warmup_epochs=0",
-    ])  # fmt: skip
+    run = tiny_dff_run
     report = benchmark.main([str(run), *QUICK])
     assert report["video_model"]["method"] == "dff2" and set(report["video_model"]["helpers"]) == {"flow"}
     stages = report["results"]["video/fp32"]["stages_ms"]
@@ -151,7 +148,14 @@ def test_dff_run_reports_its_own_stages(tiny_synthetic: Path, tiny_image_run: Pa
     assert (
         "registration" not in stages and "backbone" not in stages
     )  # the backbone runs inside keyframes only
-    _check_entry(report["results"]["video/fp32"], frames=5, runs=2)
+    video = report["results"]["video/fp32"]
+    _check_entry(video, frames=5, runs=2)
+    # k_interval 3 = interval 2: the 5 timed frames of a 5-frame clip are K N N K N
+    assert (video["interval"], video["key_frames"], video["nonkey_frames"]) == (2, 2, 3)
+    assert video["cycle_fps"] == pytest.approx(
+        3 / (video["key_ms"] + 2 * video["nonkey_ms"]) * 1000, rel=1e-3
+    )
+    assert "video/fp32: keyframes" in benchmark.format_report(report)
     assert "dis" in benchmark.format_report(report)
     with pytest.raises(CheckpointError, match="image run"):
         benchmark.main([str(tiny_image_run), *QUICK, "--set", "video_model_cfg.sim_op=avg"])

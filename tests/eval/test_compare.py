@@ -239,3 +239,132 @@ def test_zoo_retrains_a_run_whose_config_file_changed(
     assert (
         zoo._reusable({k: v for k, v in entry.items() if k != "config"}, [], config) is None
     )  # an old zoo.json
+
+
+def test_min_miou_column_and_key_interval_come_from_key_cycle(
+    runs: tuple[Path, Path], ranked: tuple[list[dict], Path], tmp_path: Path
+) -> None:
+    """A run whose metrics.json has a ``key_cycle`` entry (a keyframe method's evaluation) gets the 'min mIoU %'
+    column, copied from ``key_cycle.min_miou``, and its key interval in the method; a table without one keeps its
+    columns."""
+    image, video = runs
+    rows, out = ranked
+    assert all("min_miou" not in r for r in rows) and "min mIoU" not in (out / "leaderboard.md").read_text()
+    with open(out / "leaderboard.csv", newline="") as fh:
+        assert "min_miou" not in next(csv.reader(fh))
+
+    def key_cycle(m: dict) -> None:
+        m["key_cycle"] = {"interval": 2, "per_distance": [], "avg_miou": m["miou"]["value"], "avg_pixel_acc": 0.5,
+                          "min_miou": 0.123456, "phases": [0], "options": {}}  # fmt: skip
+
+    keyed = _copy_with(video, tmp_path / "keyed", key_cycle)
+    out = tmp_path / "out"
+    rows = {
+        r["run"]: r for r in compare.main([str(keyed), str(video), str(image), "--out", str(out), *QUICK])
+    }
+    assert rows["keyed"]["min_miou"] == 0.123456 and "min_miou" not in rows[video.name]
+    assert (
+        rows["keyed"]["method"].startswith("base (interval 2, ")
+        and "interval" not in rows[video.name]["method"]
+    )
+    with open(out / "leaderboard.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert (
+            reader.fieldnames is not None
+            and reader.fieldnames.index("min_miou") == reader.fieldnames.index("miou") + 1
+        )
+        table = {r["run"]: r for r in reader}
+    assert float(table["keyed"]["min_miou"]) == 0.123456 and table[image.name]["min_miou"] == ""
+    md = (out / "leaderboard.md").read_text()
+    assert "| mIoU % | min mIoU % |" in md and "| 12.35 |" in md and "key_cycle.min_miou" in md
+
+
+def test_method_label_states_the_measured_key_interval() -> None:
+    """With ``key_cycle`` the label leads with its interval and leaves out the description's interval and key
+    phase (the passes may pool phases); without it the description's scalars stay as they are."""
+    described = {"method": "keyframe", "inference": "x", "helpers": {}, "interval": 3, "key_phase": 1,
+                 "eval_scale": 1.0, "train_steps": [1, 2]}  # fmt: skip
+    cfg = {"video_model_cfg": {"model_name": "keyframe"}}
+
+    def label(metrics: dict) -> str:
+        e = compare.Entry(
+            Path("r"), "video", cfg, {"video_model": described, **metrics}, Path("m"), {}, Path("b")
+        )
+        return compare.method_label(e)
+
+    assert label({}) == "keyframe (interval 3, key_phase 1, eval_scale 1.0)"
+    assert label({"key_cycle": {"interval": 2, "min_miou": None}}) == "keyframe (interval 2, eval_scale 1.0)"
+
+
+@pytest.fixture
+def fake_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, list[str]]]:
+    """training.zoo with training, the data set and eval.compare replaced: each step's (name, kind, overrides)
+    in the order trained, every run a folder ``<tmp>/ck/<name>``; compare's argv appended as ("compare", "", argv)."""
+    from types import SimpleNamespace
+
+    from training import zoo
+
+    calls: list[tuple[str, str, list[str]]] = []
+
+    def trainer(kind: str):
+        def main(argv: list[str]) -> Path:
+            calls.append((argv[0], kind, argv[1:]))
+            run = tmp_path / "ck" / argv[0]
+            run.mkdir(parents=True)
+            return run
+
+        return SimpleNamespace(main=main)
+
+    monkeypatch.setattr(zoo, "train_image", trainer("image"))
+    monkeypatch.setattr(zoo, "train_video", trainer("video"))
+    monkeypatch.setattr(zoo, "ensure_dataset", lambda *a: tmp_path / "data")
+    monkeypatch.setattr(
+        zoo, "compare", SimpleNamespace(main=lambda argv: calls.append(("compare", "", argv)) or [])
+    )
+    return calls
+
+
+def test_zoo_starts_a_video_config_from_the_image_config_it_names(
+    fake_zoo: list[tuple[str, str, list[str]]], tmp_path: Path
+) -> None:
+    """keyframe_synthetic names swiftnet_synthetic as its image model: --only keyframe_synthetic trains that image
+    config first and passes its run; a config naming none starts from the base image run."""
+    from training import zoo
+
+    run = tmp_path / "ck"
+    zoo.main(["--quick", "--only", "keyframe_synthetic", "--only", "dff_synthetic", "--out", str(tmp_path / "out"),
+              "--image", f"save_dir={run}"])  # fmt: skip
+    trained = {name: overrides for name, _, overrides in fake_zoo}
+    assert [(n, k) for n, k, _ in fake_zoo] == [("base_synthetic", "image"), ("swiftnet_synthetic", "image"),
+                                                ("dff_synthetic", "video"), ("keyframe_synthetic", "video"),
+                                                ("compare", "")]  # fmt: skip
+    ckpt = [o for o in trained["keyframe_synthetic"] if o.startswith("image_model_cfg.checkpoint_name=")]
+    assert ckpt == [f"image_model_cfg.checkpoint_name={(run / 'swiftnet_synthetic').resolve()}"]
+    assert f"image_model_cfg.checkpoint_name={(run / 'base_synthetic').resolve()}" in trained["dff_synthetic"]
+    assert str((run / "swiftnet_synthetic").resolve()) in trained["compare"]  # the per-frame row beside it
+
+
+def test_zoo_keeps_the_base_image_run_for_a_name_it_does_not_train(
+    fake_zoo: list[tuple[str, str, list[str]]], tmp_path: Path
+) -> None:
+    """A checkpoint_name that is no zoo image config (here a run path given with --video) is today's behaviour:
+    the base image run's override, then the user's, and nothing more is trained."""
+    from training import zoo
+
+    run, given = tmp_path / "ck", "image_model_cfg.checkpoint_name=/elsewhere/run"
+    zoo.main(["--quick", "--only", "keyframe_synthetic", "--out", str(tmp_path / "out"), "--image", f"save_dir={run}",
+              "--video", given])  # fmt: skip
+    assert [n for n, _, _ in fake_zoo] == ["base_synthetic", "keyframe_synthetic", "compare"]
+    ckpt = [o for o in fake_zoo[1][2] if o.startswith("image_model_cfg.checkpoint_name=")]
+    assert ckpt == [f"image_model_cfg.checkpoint_name={(run / 'base_synthetic').resolve()}", given]
+
+
+def test_a_new_schema_section_left_unset_does_not_retrain_recorded_runs() -> None:
+    from training.zoo import same_config
+
+    stored = {"video_model_cfg": {"model_name": "base", "dff": None}, "training_cfg": {"lr": 1e-3}}
+    grown = {"video_model_cfg": {"model_name": "base", "dff": None, "keyframe": None}, "training_cfg": {"lr": 1e-3}}
+    assert same_config(stored, grown)  # the schema gained a method section that this config does not use
+    assert not same_config(stored, {**grown, "video_model_cfg": {**grown["video_model_cfg"], "keyframe": {"a": 1}}})
+    assert not same_config(stored, {**grown, "training_cfg": {"lr": 2e-3}})  # a changed value
+    assert not same_config(grown, stored)  # a key that disappeared

@@ -92,4 +92,4 @@ class SupervisedStep(VideoStep):
         return ce, {"ce": ce.detach(), **self.common_parts(batch)}
 
 
-from training.steps import kd, ssp  # noqa: E402, F401  (register "ssp" and "ssp:kldiv")
+from training.steps import kd, keyframe, ssp  # noqa: E402, F401  (register "ssp", "ssp:kldiv", "keyframe")
