@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from config.errors import DEFAULT_FIX, writing
 
@@ -41,6 +42,18 @@ def atomic_path(path: str | Path, need: int | None = None, fix: str = DEFAULT_FI
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)  # a no-op after the rename
+
+
+def save_figure(fig: Any, path: str | Path, fix: str = DEFAULT_FIX) -> None:
+    """Lay out a matplotlib figure, write it to ``path`` as a PNG atomically, and close it (also on failure)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        with atomic_path(path, fix=fix) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def atomic_write_text(path: str | Path, text: str, fix: str = DEFAULT_FIX) -> None:

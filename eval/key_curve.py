@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from config.errors import ConfigError
-from config.files import atomic_path
+from config.files import save_figure
 from data.catalog import DatasetInfo
 from data.frames import Clip
 from eval.key_cycle import key_phases, score_key_cycle
@@ -195,12 +195,7 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, fix=RUN_FOLDER_FIX) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, fix=RUN_FOLDER_FIX)
 
 
 def format_key_split(name: str, e: dict[str, Any]) -> str:

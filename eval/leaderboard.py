@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from config.files import atomic_path, atomic_write_text, check_writable
+from config.files import atomic_write_text, check_writable, save_figure
 
 OUT_FIX = "pass another --out folder"
 # Columns in order (``vc_<n>`` columns, one per VC window length the runs have, follow ``tc_strict``; ``min_miou``
@@ -118,12 +118,7 @@ def scatter(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("TC % (filled: tc_reference, hollow: strict)")
     ax.set_title("TC against mIoU; marker area proportional to FPS")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, fix=OUT_FIX) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, fix=OUT_FIX)
 
 
 def write_leaderboard(out: Path, rows: list[dict], settings: dict) -> list[Path]:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from config.cli import at_least
-from config.errors import ConfigError, writing
+from config.errors import ConfigError
+from config.files import save_figure
 from data.catalog import DatasetInfo
 from data.frames import Clip, open_split
 from eval.evaluate import amp_dtype, label_map, resolve_device
@@ -225,9 +226,4 @@ def plot_tc(tc: TemporalConsistency, path: Path) -> None:
     ax.grid(alpha=0.3)
     if len(series) <= 12:
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    try:
-        with writing(path, fix=RUN_FOLDER_FIX):
-            fig.savefig(path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, fix=RUN_FOLDER_FIX)

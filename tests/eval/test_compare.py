@@ -363,8 +363,13 @@ def test_a_new_schema_section_left_unset_does_not_retrain_recorded_runs() -> Non
     from training.zoo import same_config
 
     stored = {"video_model_cfg": {"model_name": "base", "dff": None}, "training_cfg": {"lr": 1e-3}}
-    grown = {"video_model_cfg": {"model_name": "base", "dff": None, "keyframe": None}, "training_cfg": {"lr": 1e-3}}
+    grown = {
+        "video_model_cfg": {"model_name": "base", "dff": None, "keyframe": None},
+        "training_cfg": {"lr": 1e-3},
+    }
     assert same_config(stored, grown)  # the schema gained a method section that this config does not use
-    assert not same_config(stored, {**grown, "video_model_cfg": {**grown["video_model_cfg"], "keyframe": {"a": 1}}})
+    assert not same_config(
+        stored, {**grown, "video_model_cfg": {**grown["video_model_cfg"], "keyframe": {"a": 1}}}
+    )
     assert not same_config(stored, {**grown, "training_cfg": {"lr": 2e-3}})  # a changed value
     assert not same_config(grown, stored)  # a key that disappeared
