@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from config.errors import CheckpointError, ConfigError
-from eval import benchmark
+from eval import benchmark, timing
 from tests.conftest import TINY_HW
 from training import train_video
 
@@ -53,7 +53,7 @@ def _check_entry(entry: dict, frames: int, runs: int) -> None:
     spread = (max(means) - min(means)) / sorted(means)[len(means) // 2] if len(means) % 2 else None
     if spread is not None:
         assert entry["run_spread"] == pytest.approx(spread, abs=1e-4)
-    assert entry["noisy"] == (entry["run_spread"] > benchmark.SPREAD_WARNING)
+    assert entry["noisy"] == (entry["run_spread"] > timing.SPREAD_WARNING)
 
 
 def _check_file(run: Path, report: dict, name: str) -> None:
@@ -162,13 +162,13 @@ def test_dff_run_reports_its_own_stages(tiny_dff_run: Path, tiny_image_run: Path
 
 
 def test_the_report_flags_noisy_runs() -> None:
-    entry = benchmark.summarise_runs([[10.0] * 5, [10.5] * 5, [12.5] * 5])
+    entry = timing.summarise_runs([[10.0] * 5, [10.5] * 5, [12.5] * 5])
     assert (
         entry["mean_ms"] == 10.5
         and entry["run_spread"] == pytest.approx(2.5 / 10.5, abs=1e-4)
         and entry["noisy"]
     )
-    quiet = benchmark.summarise_runs([[10.0] * 5, [10.2] * 5, [10.1] * 5])
+    quiet = timing.summarise_runs([[10.0] * 5, [10.2] * 5, [10.1] * 5])
     assert not quiet["noisy"]
     entry.update(stages_ms={"backbone": 9.0}, stage_sum_ms=9.0, peak_memory_mb=1.0)
     report = {"run": "r", "input_size": [8, 8], "device": "cpu", "results": {"video/fp32": entry},
@@ -181,7 +181,7 @@ def test_stage_times_are_exclusive_and_split_the_frame_time() -> None:
     """A stage nested in another is not counted twice, and with 'other' the stages add up to the frame time."""
     import time
 
-    from eval.benchmark import OTHER_STAGE, StageTimer, stage_split
+    from eval.timing import OTHER_STAGE, StageTimer, stage_split
 
     timer = StageTimer(torch.device("cpu"))
     t0 = time.perf_counter()
@@ -205,9 +205,9 @@ def test_peak_memory_is_this_process_own() -> None:
     import subprocess
     import sys
 
-    from eval.benchmark import peak_rss_mb
+    from eval.timing import peak_rss_mb
 
-    code = "from eval.benchmark import peak_rss_mb; print(peak_rss_mb())"
+    code = "from eval.timing import peak_rss_mb; print(peak_rss_mb())"
     ballast = bytearray(b"\x01") * (300 * 2**20)  # written pages: this process now peaks 300 MB higher
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[2]).stdout)  # fmt: skip
