@@ -109,6 +109,17 @@ class DataCfg:
     )
     min_vid_len: int = opt(0, "legacy: skip clips shorter than this many frames", min=0)
     labeled_frames_per_vid: int | None = opt(None, "legacy reference key; must stay null")
+    labeled_fraction: float | None = opt(
+        None,
+        "image training: keep the labels of ceil(f * N) training frames drawn with split_seed; null = all",
+        min=0,
+    )
+    split_seed: int = opt(
+        0, "seed of the labeled_fraction draw (the same seed gives the same frames anywhere)"
+    )
+    labeled_split_file: str | None = opt(
+        None, "image training: a file of <clip>/<frame stem> lines naming the frames that keep their labels"
+    )
     train_skip_frames: int | None = opt(
         None, "use training samples at clip indices 1, 1+k, 1+2k, ...; null = all", min=1
     )

@@ -65,7 +65,8 @@ class LabelledFrames(Dataset):
     [K,H,W], or ``teacher_grid`` and ``teacher_frames`` online), augmented with the same draw as the frame; the
     training samples are then the distillation samples: every frame at clip indices 1, 1+k, ... (all frames for
     k = 1), labelled or not (``ssp.md`` §6.1). Validation keeps its labelled frames (the teacher's logits of them
-    only give the KL to the teacher).
+    only give the KL to the teacher). ``labelled_only`` ``{(clip, stem)}`` keeps the labels of those frames only
+    (a labelled fraction, :mod:`data.fractions`).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class LabelledFrames(Dataset):
         skip: int | None = None,
         seed: int = 0,
         teacher: TeacherSource | None = None,
+        labelled_only: set[tuple[str, str]] | None = None,
     ) -> None:
         self.clips, self.info, self.size_hw = clips, info, tuple(size_hw)
         self.train, self.augment, self.square_crop, self.seed = train, augment, square_crop, seed
@@ -89,7 +91,11 @@ class LabelledFrames(Dataset):
         keep = (lambda i: k == 1 or i % k == 1) if train else (lambda i: i % k == 0)
 
         def candidates(clip: Clip) -> list[int]:
-            return list(range(len(clip))) if teacher is not None and train else clip.labelled
+            if teacher is not None and train:
+                return list(range(len(clip)))
+            if labelled_only is not None:  # a labelled fraction: the other frames' labels are hidden
+                return [i for i in clip.labelled if (clip.name, clip.frames[i].stem) in labelled_only]
+            return clip.labelled
 
         self.samples = [FrameRef(c, i) for c, clip in enumerate(clips) for i in candidates(clip) if keep(i)]
 

@@ -13,9 +13,11 @@ import torch
 
 from config.cli import CliParser
 from config.errors import ConfigError, run_cli
+from config.files import atomic_write_text
 from config.loader import to_dict
 from data.augment import ImageTrainAugment
 from data.catalog import get_dataset_info
+from data.fractions import LIST_NAME, labelled_keys, labelled_subset, list_text
 from data.frames import open_split
 from data.image_dataset import LabelledFrames
 from eval.evaluate import amp_dtype, predict, validate
@@ -79,10 +81,21 @@ def train(setup: RunSetup) -> Path:
         root, _, train_clips = open_split(dcfg, "train", dcfg.min_vid_len)
         _, _, val_clips = open_split(dcfg, "val", dcfg.min_vid_len)
     teacher = build_teacher(cfg, info, device, with_previous=False)  # KD image baseline, else None
+    keep = labelled_subset(train_clips, dcfg.labeled_fraction, dcfg.split_seed, dcfg.labeled_split_file)
+    if keep is not None:
+        if teacher is not None:
+            raise ConfigError("data_cfg.labeled_fraction / labeled_split_file: a teacher's targets need no labels; "
+                              "unset them or the teacher")  # fmt: skip
+        how = (f"split file {dcfg.labeled_split_file}" if dcfg.labeled_split_file else
+               f"labeled_fraction {dcfg.labeled_fraction}, split_seed {dcfg.split_seed}")  # fmt: skip
+        if D.is_main():
+            atomic_write_text(run / LIST_NAME, list_text(keep, len(labelled_keys(train_clips)), how))
+            print(f"== {len(keep)} labelled training frames ({how}), listed in {run / LIST_NAME}")
     augment = ImageTrainAugment(square_crop=dcfg.square_crop) if dcfg.data_augmentation else None
     train_set = LabelledFrames(train_clips, info, size, train=True, augment=augment, square_crop=dcfg.square_crop,
                                skip=dcfg.train_skip_frames, seed=tcfg.seed,
-                               teacher=None if teacher is None else teacher.source)  # fmt: skip
+                               teacher=None if teacher is None else teacher.source,
+                               labelled_only=None if keep is None else set(keep))  # fmt: skip
     val_set = LabelledFrames(
         val_clips, info, size, train=False, square_crop=dcfg.square_crop, skip=dcfg.val_skip_frames
     )
