@@ -1,21 +1,13 @@
 """On-disk cache of homographies per frame pair, wrapped around any provider.
 
-Key: sha1 of (provider settings, frame resolution, both frame paths resolved with their byte size and
-``mtime_ns``); changing a setting, resizing, or rewriting a frame file misses. The key does not see the pixels:
-only pass ``pairs`` for frames that are the files' content, resized at most (evaluation, unaugmented training).
-Calls without pairs pass straight through.
-
-Layout: ``<cache_dir>/<provider>/<key[:2]>/<key>.npy``, float64 ``[10]``: ``H`` row-major, then 1.0 if the
-estimate fell back to the identity (so cached fallbacks are still counted). Files are written to a temporary name
-and moved into place (``os.replace``), so concurrent data-loader workers never read half a file.
+Keys, layout and atomic writes are :class:`data.pair_cache.PairStore`'s (``<cache_dir>/<provider>/...``): only
+pass ``pairs`` for frames that are the files' content, resized at most (evaluation, unaugmented training); calls
+without pairs pass straight through. A record is float64 ``[10]``: ``H`` row-major, then 1.0 if the estimate
+fell back to the identity (so cached fallbacks are still counted).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,21 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from config.errors import DataError
 from data.frames import FramePair
+from data.pair_cache import PairStore
 from models.flow.base import check_frames
 from models.registration.base import RegistrationProvider, check_frames_np
-
-
-def _file_id(path: Path) -> list[Any]:
-    p = Path(path).resolve()
-    try:
-        st = p.stat()
-    except OSError as err:
-        raise DataError(
-            f"{p}: cannot read the frame file for the registration cache key ({err.strerror})"
-        ) from None
-    return [str(p), st.st_size, st.st_mtime_ns]
 
 
 class CachedRegistration(RegistrationProvider):
@@ -51,40 +32,26 @@ class CachedRegistration(RegistrationProvider):
         self.runs_in_loader = provider.runs_in_loader
         self.needs_pairs = provider.needs_pairs
         self.cache_dir = Path(cache_dir)
+        self.store = PairStore(self.cache_dir, provider.name)
 
     def settings(self) -> dict[str, Any]:
         return {**self.inner.settings(), "cache_dir": str(self.cache_dir)}
 
     def key(self, pair: FramePair, size_hw: tuple[int, int]) -> str:
         """sha1 hex of the inner settings, the frame resolution and both frame files' identity."""
-        blob = {
-            "settings": self.inner.settings(),
-            "size_hw": list(size_hw),
-            "first": _file_id(pair.first_path),
-            "second": _file_id(pair.second_path),
-        }
-        return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+        return PairStore.key(self.inner.settings(), pair, size_hw)
 
     def _path(self, key: str) -> Path:
-        return self.cache_dir / self.name / key[:2] / f"{key}.npy"
+        return self.store.path(key)
 
     def _load(self, key: str) -> tuple[np.ndarray, bool] | None:
-        path = self._path(key)
-        try:
-            rec = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):  # absent, or damaged: recompute and overwrite
-            return None
-        if rec.shape != (10,) or not np.isfinite(rec).all():
+        rec = self.store.load(key)  # None when absent or damaged: recompute and overwrite
+        if rec is None or rec.shape != (10,) or not np.isfinite(rec).all():
             return None
         return rec[:9].reshape(3, 3), bool(rec[9])
 
     def _save(self, key: str, h: np.ndarray, fallback: bool) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.concatenate([np.asarray(h, np.float64).ravel(), [float(fallback)]]))
-        os.replace(tmp, path)
+        self.store.save(key, np.concatenate([np.asarray(h, np.float64).ravel(), [float(fallback)]]))
 
     def _lookup(self, keys: Sequence[str]) -> list[tuple[np.ndarray, bool] | None]:
         found = [self._load(k) for k in keys]
