@@ -6,7 +6,8 @@ config's ``crop_size`` (or ``--size HxW``) is computed with a provider of the fl
 ``raft_small`` with local weights, ``dis`` or ``farneback`` on the CPU, ``gt`` on the synthetic set) and stored
 in the one pair cache (:class:`models.flow.cache.CachedFlow`, keyed by the frames and the settings) that training
 reads. A rerun skips what is stored, so an interrupted run resumes; the command reports what it computed, what it
-reused and the disk used. Rows to be ignored (the ego-vehicle's hood) are masked where the flow is read
+reused and the disk used, and writes pictures of the first flows and of where the flow-consistency loss acts on
+them (``--preview N``). Rows to be ignored (the ego-vehicle's hood) are masked where the flow is read
 (:func:`training.fcl.mask_bottom_rows`), so one cache serves any mask.
 """
 
@@ -15,17 +16,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from config.cli import CliParser, at_least
 from config.errors import ConfigError, run_cli
+from config.files import atomic_path
 from config.loader import load
 from data.frames import FramePair, open_split, read_frame
 from data.transforms import resize_frame
+from eval.vis.flow import flow_to_rgb, weight_to_rgb
 from models.flow import build_flow
 from models.flow.cache import CachedFlow
+from training.fcl import FlowConsistencyLoss
 
 FLOWS = ("raft_large", "raft_small", "dis", "farneback", "gt")
 
@@ -49,7 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the frames t whose flow t -> t+1 is stored")  # fmt: skip
     p.add_argument("--cache-dir", default="datasets/.cache", help="root of the pair caches")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--preview", type=at_least(0), default=4,
+                   help="write the flow and the FCL weight map (final preset) of the first N pairs as PNGs")  # fmt: skip
     return p
+
+
+def write_previews(cache: CachedFlow, pairs: list[FramePair], size: tuple[int, int], n: int) -> list[Path]:
+    """``<cache folder>/preview/<clip>_<stem>_{flow,fcl_weight}.png`` for the first ``n`` pairs (read back from the
+    cache): the flow's colour wheel and where the reference's final FCL acts."""
+    fcl = FlowConsistencyLoss.preset("final")
+    out = []
+    folder = cache.store.root / cache.store.name / "preview"
+    folder.mkdir(parents=True, exist_ok=True)
+    for pair in pairs[:n]:
+        flow = cache.store.load(cache.key(pair, size))
+        weight = fcl.weight_map(torch.from_numpy(np.asarray(flow, np.float32))[None])[0, 0].numpy()
+        stem = f"{pair.first_path.parent.parent.name}_{pair.first_path.stem}"
+        for name, rgb in (("flow", flow_to_rgb(flow)), ("fcl_weight", weight_to_rgb(weight))):
+            path = folder / f"{stem}_{name}.png"
+            with atomic_path(path) as tmp:
+                cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tofile(str(tmp))
+            out.append(path)
+    return out
 
 
 def parse_size(text: str | None, default: list[int]) -> tuple[int, int]:
@@ -98,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
         a, b = _rgb01(pair.first_path, size), _rgb01(pair.second_path, size)
         cache(a.to(args.device), b.to(args.device), [pair])
         computed += 1
-    report = {"pairs": len(pairs), "computed": computed, "reused": len(pairs) - computed,
+    previews = write_previews(cache, pairs, size, args.preview)
+    report = {"previews": [str(p) for p in previews], "pairs": len(pairs), "computed": computed, "reused": len(pairs) - computed,
               "disk_mb": round(cache.store.disk_bytes() / 2**20, 2), "folder": str(cache.store.root / cache.store.name),
               "seconds": round(time.time() - t0, 1), "settings": cache.settings(), "size": list(size)}  # fmt: skip
     print(f"== flow cache {report['folder']}: {len(pairs)} pairs ({computed} computed, {report['reused']} reused), "

@@ -112,6 +112,18 @@ class FlowConsistencyLoss(nn.Module):
             w = w * (shifted.norm(dim=1, keepdim=True) != 0)
         return w
 
+    def weight_map(self, flow: Tensor) -> Tensor:
+        """``[B,1,H,W]``: each pixel's total neighbour weight ``sum_delta w / (8 l)`` (where, and how hard, the loss
+        acts; the picture of the FCL weight map)."""
+        total = torch.zeros_like(flow[:, :1])
+        for dy in range(-self.max_shift, self.max_shift + 1):
+            for dx in range(-self.max_shift, self.max_shift + 1):
+                ring = max(abs(dy), abs(dx))
+                if ring:
+                    w = self.neighbour_weight(flow, shift_map(flow, dy, dx))
+                    total = total + (w / (8 * ring) if self.ring_norm == "8l" else w)
+        return total
+
     def targets(self, probs: Tensor, flow: Tensor) -> Tensor:
         """``Q`` [B,C,H,W]: the weighted, ring-normalised neighbour probabilities (not a distribution)."""
         neighbours = probs.detach() if self.stopgrad_neighbors else probs

@@ -75,3 +75,26 @@ def test_bad_arguments_are_one_line_errors(tiny_config: None, tiny_synthetic: Pa
     # the tiny training clips are labelled on their last frame only: no labelled frame has a next frame
     with pytest.raises(ConfigError, match="no labelled train frame"):
         flow_cache.main(["base_synthetic", "--cache-dir", str(tmp_path)])
+
+
+def test_previews_show_the_flow_and_where_the_loss_acts(
+    tiny_config: None, tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    import cv2
+
+    from eval.vis.flow import flow_to_rgb, weight_to_rgb
+    from training.fcl import FlowConsistencyLoss
+
+    report = flow_cache.main(_args(tiny_synthetic, tmp_path, "--flow", "gt", "--preview", "2"))
+    assert len(report["previews"]) == 4 and all(Path(p).is_file() for p in report["previews"])
+    assert cv2.imread(report["previews"][0]).shape == (*TINY_HW, 3)
+    # the pictures' building blocks: direction as hue, zero flow black; the weight map is zero where nothing moves
+    flow = np.zeros((2, 4, 4), np.float32)
+    flow[0, :, 2:] = 3.0  # the right half moves right: a motion edge between columns 1 and 2
+    rgb = flow_to_rgb(flow)
+    assert rgb[:, :2].max() == 0 and rgb[:, 2:].max() == 255
+    w = FlowConsistencyLoss.preset("final").weight_map(torch.from_numpy(flow)[None])[0, 0]
+    # the static pixels at the edge see moving neighbours; moving pixels never count a still (zero-flow) one
+    assert w[:, 1].min() > 0 and w[:, [0, 2, 3]].max() == 0
+    img = weight_to_rgb(w.numpy()).astype(int)
+    assert img[:, 3].sum() < 50 < img[:, 1].sum()  # zero near black, the largest weight bright
