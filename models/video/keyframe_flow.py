@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from config.errors import ConfigError
@@ -29,18 +28,12 @@ from data.transforms import denormalize
 from data.video_batch import VideoBatch
 from models.flow import build_flow, flow_to_previous
 from models.flow.base import FlowProvider
+from models.image.heads.common import resize_bilinear
 from models.image.segmentor import Segmentor
 from models.registry import VIDEO_MODELS
 from models.video.base import DataNeeds, StepOutput, StepSide, VideoModel, VideoOutput, option_value
 from models.video.gsv import GSVRefiner, LightFlowNet, propagate, to_net_units
 from models.video.keyframe import KeySchedule
-
-
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of frames or logits (``align_corners=False``); a no-op at the same size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 @dataclass
@@ -179,7 +172,7 @@ class KeyframePropagation(VideoModel):
         """The frozen keyframe model on ``frame`` [B,3,H,W] resized by ``eval_scale``: logits at its head's stride."""
         scale = 1.0 if training and self.key_full_scale_in_training else self.eval_scale
         h, w = frame.shape[-2:]
-        x = _resize(frame, (max(1, round(h * scale)), max(1, round(w * scale))))
+        x = resize_bilinear(frame, (max(1, round(h * scale)), max(1, round(w * scale))))
         im = self.image_model
         return im.decode(im.encode(x))
 
@@ -214,18 +207,18 @@ class KeyframePropagation(VideoModel):
         p = self.prop_size(size)
         key = self.schedule.is_key(state.index, None if state.logits is None else state.since_key)
         with side.timer("resize"):
-            cur = _resize(frame, p)
+            cur = resize_bilinear(frame, p)
         if key:
             with side.timer("keyframe"):
                 z = self.key_logits(frame)
             with side.timer("upsample"):
-                out = _resize(z, size)  # the keyframe's own prediction, not through P
-                y = _resize(z, p)
+                out = resize_bilinear(z, size)  # the keyframe's own prediction, not through P
+                y = resize_bilinear(z, p)
             image_logits: Tensor | None = z
         else:
             y = self.propagate_step(state.logits, state.frame, cur, side)
             with side.timer("upsample"):
-                out = _resize(y, size)
+                out = resize_bilinear(y, size)
             image_logits = None
         since = 0 if key else state.since_key + 1
         return (StepOutput(out, image_logits=image_logits, key_distance=since),
@@ -250,15 +243,15 @@ class KeyframePropagation(VideoModel):
         frames, cur = batch.frames, batch.current
         size = tuple(frames.shape[-2:])
         p = self.prop_size(size)
-        small = _resize(frames.flatten(0, 1), p).unflatten(0, frames.shape[:2])  # [B,T,3,h,w]
+        small = resize_bilinear(frames.flatten(0, 1), p).unflatten(0, frames.shape[:2])  # [B,T,3,h,w]
         with torch.no_grad():
-            target = _resize(self.key_logits(frames[:, cur], training=True), size)
+            target = resize_bilinear(self.key_logits(frames[:, cur], training=True), size)
         flows: dict[int, Tensor] = {}
         out: dict[int, Tensor] = {}
         for dist in self.train_steps:
             key = cur - dist
             with torch.no_grad():
-                y = _resize(self.key_logits(frames[:, key], training=True), p)
+                y = resize_bilinear(self.key_logits(frames[:, key], training=True), p)
             for t in range(key + 1, cur + 1):
                 if t not in flows:  # the flows between consecutive frames serve every distance
                     side = StepSide(flow=None if batch.flows is None else batch.flows[:, t - 1])
@@ -266,7 +259,7 @@ class KeyframePropagation(VideoModel):
                 y = propagate(y, flows[t], self.flow_scale_div)
                 if self.refiner is not None:
                     y = self.refiner(y, small[:, t])
-            out[dist] = _resize(y, size)
+            out[dist] = resize_bilinear(y, size)
         return out, target
 
 
