@@ -25,6 +25,7 @@ from config.image_sections import (
     UPERNET_SWIN_IDS,
     ModelCfg,
 )
+from config.semi_sections import FCLCfg, PairFlowCfg, SemiCfg
 from config.video_sections import (
     PLANNED_VIDEO_METHODS,
     DFFCfg,
@@ -43,6 +44,7 @@ __all__ = [
     "PLANNED_VIDEO_METHODS",
     "DFFCfg",
     "DataCfg",
+    "FCLCfg",
     "FlowCfg",
     "HIERA_SIZES",
     "ImageConfig",
@@ -53,9 +55,11 @@ __all__ = [
     "ModelCfg",
     "NetWarpCfg",
     "OptimCfg",
+    "PairFlowCfg",
     "RegistrationCfg",
     "RunConfig",
     "SEGFORMER_IDS",
+    "SemiCfg",
     "TCBCfg",
     "TCLossCfg",
     "TrainingCfg",
@@ -119,6 +123,12 @@ class DataCfg:
     )
     labeled_split_file: str | None = opt(
         None, "image training: a file of <clip>/<frame stem> lines naming the frames that keep their labels"
+    )
+    held_out_fraction: float | None = opt(
+        None,
+        "image training: hold out ceil(f * N) training frames outside the labelled subset (drawn with split_seed) "
+        "to select best.pth on; null = select on val (the reference's best-on-val, a compatibility mode)",
+        min=0,
     )
     train_skip_frames: int | None = opt(
         None, "use training samples at clip indices 1, 1+k, 1+2k, ...; null = all", min=1
@@ -221,6 +231,11 @@ class LossCfg:
     )
     softmax_on_target: bool = opt(False, "apply softmax(target / T) to soft targets")
     temperature: float = opt(1.0, "temperature T of the KL loss", min=0)
+    ce_reduction: Literal["mean", "sum"] | None = opt(
+        None,
+        "cross-entropy over the labelled pixels: mean (null, the default) or sum (the classic FCN setup, with lr "
+        "~1e-10; its mean equivalent multiplies lr by the labelled pixels per batch)",
+    )
     kl_reduction: Literal["batchmean_reference", "mean_per_pixel"] = opt(
         "batchmean_reference", "KL reduction: sum over K x H x W / B (reference) or additionally / (H x W)"
     )
@@ -346,6 +361,9 @@ class ImageConfig(RunConfig):
     )
     no_training: bool = opt(False, "write an epoch-0 checkpoint of the freshly built model and stop")
     model_cfg: ModelCfg = field(default_factory=ModelCfg, metadata={"doc": "image model"})
+    semi_cfg: SemiCfg | None = field(
+        default=None, metadata={"doc": "semi-supervised training on unlabelled frames (null = labels only)"}
+    )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from config.errors import ConfigError, DataError
 from data.frames import Clip
 
 LIST_NAME = "labelled_frames.txt"
+HELD_OUT_NAME = "held_out_frames.txt"
 FrameKey = tuple[str, str]  # (clip name, frame stem)
 
 
@@ -73,6 +74,29 @@ def labelled_subset(
     if split_file is not None:
         return read_split_file(split_file, available)
     return draw_fraction(available, float(fraction), int(seed))
+
+
+def held_out_subset(
+    clips: list[Clip], fraction: float | None, seed: int, labelled: list[FrameKey] | None
+) -> list[FrameKey] | None:
+    """``ceil(fraction * N)`` of the ``N`` labelled training frames, drawn with ``seed`` from those outside the
+    ``labelled`` subset (all of them when it is None): a split to select checkpoints on whose labels training does
+    not use. The draw is seeded apart from the labelled draw of the same seed. None when ``fraction`` is None."""
+    if fraction is None:
+        return None
+    if not 0 < fraction < 1:
+        raise ConfigError(f"data_cfg.held_out_fraction must be in (0, 1), got {fraction}")
+    everything = labelled_keys(clips)
+    taken = set(labelled or ())
+    available = [k for k in everything if k not in taken]
+    n = math.ceil(fraction * len(everything) - 1e-9)
+    if n > len(available) or (labelled is None and n >= len(everything)):
+        raise ConfigError(
+            f"data_cfg.held_out_fraction: {n} held-out frames, but only {len(available)} training frames are "
+            "outside the labelled subset; lower held_out_fraction or labeled_fraction"
+        )
+    rng = np.random.Generator(np.random.PCG64([int(seed), 1]))  # [seed, 1]: independent of the labelled draw
+    return sorted(available[i] for i in rng.choice(len(available), size=n, replace=False))
 
 
 def list_text(keys: list[FrameKey], total: int, how: str) -> str:

@@ -217,7 +217,19 @@ def method_label(e: Entry) -> str:
         [] if loss == "crossentropy" else [f"{loss} to a teacher"]
     )  # distilled, not trained on the labels
     if e.kind == "image":
-        return f"image baseline ({', '.join([architecture_of(e.config, 'image').removeprefix('image model '), *taught])})"
+        data, semi = e.config.get("data_cfg") or {}, e.config.get("semi_cfg")
+        fraction = data.get("labeled_fraction")
+        labels = [] if fraction is None else [f"{100 * fraction:g} % of the labels"]
+        unlabelled = (
+            [] if not semi else [f"{semi.get('loss')} on unlabelled frames ({semi.get('step_mode')})"]
+        )
+        facts = [
+            architecture_of(e.config, "image").removeprefix("image model "),
+            *taught,
+            *labels,
+            *unlabelled,
+        ]
+        return f"image baseline ({', '.join(facts)})"
     described = e.metrics.get("video_model") or e.bench.get("video_model") or {}
     name = e.config.get("video_model_cfg", {}).get("model_name", described.get("method", "?"))
     # A keyframe method's row leads with the key interval its key_cycle scores were measured at (min mIoU depends

@@ -19,6 +19,7 @@ reduction next to its weight). :data:`FCL_PRESETS` holds the reference's final a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -43,16 +44,6 @@ def shift_map(x: Tensor, dy: int, dx: int) -> Tensor:
     # in the padded map, pixel (i, j) of x sits at (i + pad_top, j + pad_left); we read (i + dy, j + dx)
     top, left = pad[2] + dy, pad[0] + dx
     return padded[..., top : top + h, left : left + w]
-
-
-def mask_bottom_rows(flow: Tensor, fraction: float = 0.25) -> Tensor:
-    """``flow`` [B,2,H,W] with the bottom ``fraction`` of rows set to zero (the reference's
-    ``discard_flow_bottom``, the ego-vehicle's hood); zero-flow neighbours are ignored by the loss, so this masks."""
-    out = flow.clone()
-    rows = int(round(flow.shape[-2] * fraction))
-    if rows > 0:
-        out[..., flow.shape[-2] - rows :, :] = 0
-    return out
 
 
 class FlowConsistencyLoss(nn.Module):
@@ -112,41 +103,42 @@ class FlowConsistencyLoss(nn.Module):
             w = w * (shifted.norm(dim=1, keepdim=True) != 0)
         return w
 
-    def weight_map(self, flow: Tensor) -> Tensor:
-        """``[B,1,H,W]``: each pixel's total neighbour weight ``sum_delta w / (8 l)`` (where, and how hard, the loss
-        acts; the picture of the FCL weight map)."""
-        total = torch.zeros_like(flow[:, :1])
+    def offset_weights(self, flow: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+        """``(dy, dx, w / (8 l))`` [B,1,H,W] for every neighbour offset (``w`` alone with ``ring_norm: none``)."""
         for dy in range(-self.max_shift, self.max_shift + 1):
             for dx in range(-self.max_shift, self.max_shift + 1):
                 ring = max(abs(dy), abs(dx))
                 if ring:
                     w = self.neighbour_weight(flow, shift_map(flow, dy, dx))
-                    total = total + (w / (8 * ring) if self.ring_norm == "8l" else w)
-        return total
+                    yield dy, dx, (w / (8 * ring) if self.ring_norm == "8l" else w)
 
-    def targets(self, probs: Tensor, flow: Tensor) -> Tensor:
-        """``Q`` [B,C,H,W]: the weighted, ring-normalised neighbour probabilities (not a distribution)."""
+    def weight_map(self, flow: Tensor) -> Tensor:
+        """``[B,1,H,W]``: each pixel's total neighbour weight ``sum_delta w / (8 l)`` (where, and how hard, the loss
+        acts; the picture of the FCL weight map)."""
+        return sum((w for _, _, w in self.offset_weights(flow)), torch.zeros_like(flow[:, :1]))
+
+    def targets(self, probs: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
+        """``Q`` [B,C,H,W], the weighted, ring-normalised neighbour probabilities (not a distribution), and the
+        weight map [B,1,H,W] (:meth:`weight_map`) it was built with."""
         neighbours = probs.detach() if self.stopgrad_neighbors else probs
-        q = torch.zeros_like(probs)
-        for dy in range(-self.max_shift, self.max_shift + 1):
-            for dx in range(-self.max_shift, self.max_shift + 1):
-                ring = max(abs(dy), abs(dx))
-                if ring == 0:
-                    continue
-                w = self.neighbour_weight(flow, shift_map(flow, dy, dx))
-                if self.ring_norm == "8l":
-                    w = w / (8 * ring)
-                q = q + w * shift_map(neighbours, dy, dx)
-        return q
+        q, total = torch.zeros_like(probs), torch.zeros_like(flow[:, :1])
+        for dy, dx, w in self.offset_weights(flow):
+            q = q + w * shift_map(neighbours, dy, dx)
+            total = total + w
+        return q, total
 
-    def forward(self, logits: Tensor, flow: Tensor) -> Tensor:
+    def terms(self, logits: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss and the weight map [B,1,H,W] it used (where the loss acts), from one pass."""
         if flow.shape[-2:] != logits.shape[-2:] or flow.shape[1] != 2:
             raise ValueError(
                 f"flow {tuple(flow.shape)} must be [B,2,H,W] at the logits' size {tuple(logits.shape)}"
             )
         probs = logits.float().softmax(1)
-        flow = flow.float()
-        total = (self.targets(probs, flow) * torch.log(probs + self.eps)).sum()
+        q, weights = self.targets(probs, flow.float())
+        total = (q * torch.log(probs + self.eps)).sum()
         if self.reduction == "mean":
             total = total / (logits.shape[0] * logits.shape[-2] * logits.shape[-1])
-        return self.weight * total if self.sign == "repulsive" else -self.weight * total
+        return (self.weight * total if self.sign == "repulsive" else -self.weight * total), weights
+
+    def forward(self, logits: Tensor, flow: Tensor) -> Tensor:
+        return self.terms(logits, flow)[0]

@@ -6,6 +6,10 @@
 appends to ``metrics.json`` and ``log.txt``, and logs scalars and overlays to TensorBoard. Rank 0 alone writes.
 Resuming restores model, optimizer, scaler, epoch, step, best metric, history and RNG state; the data order of an
 epoch depends only on (seed, epoch), so a resumed run sees the same batches it would have seen.
+
+A :class:`SideStream` (semi-supervised training: unlabelled frames) adds a second stream of batches: its loss joins
+each micro-batch's loss (``joint``) or takes its own optimizer step after each step of the main stream
+(``alternating``); its order depends only on (seed, optimizer step).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from data.catalog import DatasetInfo
 from data.frames import more_samples_hint
 from data.image_dataset import worker_init
 from eval.evaluate import amp_dtype, autocast, device_name
+from eval.vis.render import write_png
 from training import distributed as D
 from training.checkpoint import SAVE_FIX, rng_state, save_checkpoint, set_rng_state
 from training.optim import LRSchedule, build_optimizer
@@ -46,6 +52,48 @@ ValidateFn = Callable[[nn.Module], tuple]
 
 class TrainingDiverged(UserError):
     prefix = "training error"
+
+
+@dataclass
+class SideStream:
+    """A second stream of batches trained with the main one (semi-supervised training: unlabelled frames).
+
+    Attributes:
+        dataset: its samples; ``step_fn(model, batch) -> (loss, parts)`` turns a batch of ``batch_size`` into a loss.
+        mode: ``joint`` adds its loss to every micro-batch's loss (one optimizer step); ``alternating`` takes an
+            optimizer step of its own (same optimizer, scaler, clipping and lr) after each step of the main stream.
+        start_step: the optimizer step it starts at.
+        panels_fn: pictures of the stream (``[H,W,3]`` uint8) at each validation, to TensorBoard and PNG files.
+    """
+
+    dataset: Dataset
+    step_fn: StepFn
+    batch_size: int
+    mode: str = "alternating"
+    start_step: int = 0
+    panels_fn: Callable[[nn.Module], list[np.ndarray]] | None = None
+
+    def per_step(self, grad_accum_steps: int) -> int:
+        """Samples one process consumes per optimizer step."""
+        return self.batch_size * (grad_accum_steps if self.mode == "joint" else 1)
+
+
+def stream_indices(n: int, seed: int, first_step: int, steps: int, per_step: int) -> list[int]:
+    """This rank's samples for optimizer steps ``[first_step, first_step + steps)`` of an endless stream over ``n``
+    items: consecutive permutations (cycle ``c`` seeded by ``(seed, c)``), ``per_step`` samples per step and rank.
+    The order depends only on (seed, step), so a resumed run continues the stream where it stopped."""
+    world, rank = D.world_size(), D.rank()
+    cycles: dict[int, list[int]] = {}
+    out = []
+    for s in range(first_step, first_step + steps):
+        base = (s * world + rank) * per_step
+        for j in range(base, base + per_step):
+            c, k = divmod(j, n)
+            if c not in cycles:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + c)
+                cycles[c] = torch.randperm(n, generator=g).tolist()
+            out.append(cycles[c][k])
+    return out
 
 
 def epoch_indices(n: int, seed: int, epoch: int, per_step: int) -> list[int]:
@@ -93,13 +141,14 @@ def fit(
     checkpoint_extra: dict | None = None,
     collate_fn: Callable[[list], Any] | None = None,
     run_info: dict | None = None,
+    side: SideStream | None = None,
 ) -> dict:
     """Train ``model`` (on ``device``, not yet wrapped) and return the final history entry.
 
     ``checkpoint_extra`` goes into every checkpoint (a video run stores its image model's config there, so the
     checkpoint alone rebuilds the model). ``collate_fn`` builds the batches (video: a typed ``VideoBatch``).
     ``run_info`` goes into ``metrics.json`` (a video run: its method and training step, with their helpers' settings
-    and the precision they ran in)."""
+    and the precision they ran in). ``side`` is a second stream of batches (see :class:`SideStream`)."""
     tcfg = cfg.training_cfg
     per_step = tcfg.batch_size * tcfg.grad_accum_steps
     full_steps = len(train_set) // (per_step * D.world_size())
@@ -144,11 +193,13 @@ def fit(
                             pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init,
                             collate_fn=collate_fn)  # fmt: skip
         batches = iter(loader)
+        side_batches = _side_batches(side, tcfg, step, steps_per_epoch, device) if side is not None else None
         model.train()
         loss_sum, parts_sum = 0.0, {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not show_bar,
                    dynamic_ncols=True, leave=False)  # fmt: skip
         for _ in bar:
+            side_on = side is not None and step >= side.start_step
             for micro in range(tcfg.grad_accum_steps):
                 sync = micro == tcfg.grad_accum_steps - 1 or not isinstance(
                     train_model, DistributedDataParallel
@@ -156,21 +207,24 @@ def fit(
                 with nullcontext() if sync else train_model.no_sync():
                     with autocast(device, dtype):
                         loss, parts = step_fn(train_model, next(batches))
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"the loss is {loss.item()} at step {step + 1}: training diverged; "
-                            "lower training_cfg.lr or set training_cfg.grad_clip"
-                        )
+                        if side_on and side.mode == "joint":
+                            side_loss, side_parts = side.step_fn(train_model, next(side_batches))
+                            loss, parts = loss + side_loss, {**parts, **side_parts}
+                    _check_finite(loss, step)
                     scaler.scale(loss / tcfg.grad_accum_steps).backward()
                 loss_sum += loss.item() / tcfg.grad_accum_steps
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / tcfg.grad_accum_steps
-            if tcfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(model, optimizer, scaler, tcfg.grad_clip)
+            if side_on and side.mode == "alternating":  # the side stream's own step, after the main one
+                with autocast(device, dtype):
+                    side_loss, side_parts = side.step_fn(train_model, next(side_batches))
+                _check_finite(side_loss, step)
+                scaler.scale(side_loss).backward()
+                _optimizer_step(model, optimizer, scaler, tcfg.grad_clip)
+                parts = {**parts, **side_parts}
+                for k, v in side_parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
             step += 1
             lr_factor = schedule.apply(optimizer, step)
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -202,6 +256,12 @@ def fit(
             entry["val"] = {"protocol": "training_validation", **cm.summary(info.class_names)}
             if more:
                 entry["val"]["scalars"] = more[0]
+            if side is not None and side.panels_fn is not None:
+                side_panels = side.panels_fn(model)
+                panels = [*panels, *side_panels]
+                if D.is_main():
+                    for i, img in enumerate(side_panels):
+                        write_png(run / "vis" / f"unlabelled_epoch{epoch + 1:03d}_{i}.png", img)
             miou = entry["val"]["miou"] if entry["val"]["miou"] is not None else -math.inf
             improved = miou > best
             best = max(best, miou)
@@ -227,6 +287,35 @@ def fit(
     if writer is not None:
         writer.close()
     return history[-1] if history else {}
+
+
+def _side_batches(side: SideStream, tcfg: Any, step: int, steps: int, device: torch.device) -> Any:
+    """An iterator over the side stream's batches of optimizer steps ``[max(step, start_step), step + steps)``."""
+    first = max(step, side.start_step)
+    per_step = side.per_step(tcfg.grad_accum_steps)
+    order = stream_indices(len(side.dataset), tcfg.seed, first, max(0, step + steps - first), per_step)
+    return iter(DataLoader(side.dataset, batch_size=side.batch_size, sampler=order, num_workers=tcfg.num_workers,
+                           pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init))  # fmt: skip
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"the loss is {loss.item()} at step {step + 1}: training diverged; "
+            "lower training_cfg.lr or set training_cfg.grad_clip"
+        )
+
+
+def _optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None
+) -> None:
+    """Clip (when set), step through the scaler, clear the gradients."""
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _tensorboard(run: Path, cfg: Any) -> Any:

@@ -14,10 +14,20 @@ from models.warp import flow_warp, fwd_bwd_occlusion
 
 
 class SegmentationCE(nn.Module):
-    """Cross-entropy averaged over the labelled pixels, optional class weights (``ssp.md`` §5.1)."""
+    """Cross-entropy over the labelled pixels, optional class weights (``ssp.md`` §5.1).
 
-    def __init__(self, class_weights: list[float] | None = None, num_classes: int | None = None) -> None:
+    ``reduction="mean"`` averages (weighted by the class weights, as PyTorch does); ``"sum"`` adds them up, the
+    classic FCN setup (``other_methods.md`` §1.4) whose learning rate (1e-10) is that much smaller.
+    """
+
+    def __init__(
+        self,
+        class_weights: list[float] | None = None,
+        num_classes: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
+        self.reduction = reduction
         if class_weights is not None and num_classes is not None and len(class_weights) != num_classes:
             raise ConfigError(
                 f"loss_cfg.class_weights: {len(class_weights)} values for {num_classes} classes; give one per class"
@@ -28,7 +38,9 @@ class SegmentationCE(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not (labels != IGNORE_INDEX).any():
             return logits.sum() * 0.0  # a batch without labelled pixels contributes nothing (not NaN)
-        return F.cross_entropy(logits.float(), labels, weight=self.weight, ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            logits.float(), labels, weight=self.weight, ignore_index=IGNORE_INDEX, reduction=self.reduction
+        )
 
 
 def kl_distillation(
@@ -54,7 +66,7 @@ def build_segmentation_loss(lcfg: LossCfg, num_classes: int) -> nn.Module:
         raise ConfigError(
             f"loss_cfg.loss_func: '{lcfg.loss_func}' is distillation, not a loss on labels; use crossentropy here"
         )
-    return SegmentationCE(lcfg.class_weights, num_classes)
+    return SegmentationCE(lcfg.class_weights, num_classes, lcfg.ce_reduction or "mean")
 
 
 class TemporalConsistencyLoss(nn.Module):

@@ -15,9 +15,18 @@ from config.cli import CliParser
 from config.errors import ConfigError, run_cli
 from config.files import atomic_write_text
 from config.loader import to_dict
+from config.schema import ImageConfig
 from data.augment import ImageTrainAugment
 from data.catalog import get_dataset_info
-from data.fractions import LIST_NAME, labelled_keys, labelled_subset, list_text
+from data.fractions import (
+    HELD_OUT_NAME,
+    LIST_NAME,
+    FrameKey,
+    held_out_subset,
+    labelled_keys,
+    labelled_subset,
+    list_text,
+)
 from data.frames import open_split
 from data.image_dataset import LabelledFrames
 from eval.evaluate import amp_dtype, predict, validate
@@ -27,6 +36,7 @@ from training import distributed as D
 from training.checkpoint import load_pretrained_checkpoint, save_checkpoint
 from training.loop import fit
 from training.losses import build_segmentation_loss
+from training.semi import build_side_stream
 from training.setup import RunSetup, clean_up_failed_start, start_run
 from training.steps import image_step
 from training.steps.kd import KLLoss, image_kd_step
@@ -47,6 +57,34 @@ def main(argv: list[str] | None = None) -> Path:
         setup = start_run(args.config, args.overrides, "image")
         with clean_up_failed_start(setup):
             return train(setup)
+
+
+def label_splits(
+    cfg: ImageConfig, clips: list, run: Path, distilled: bool
+) -> tuple[list[FrameKey] | None, list[FrameKey] | None]:
+    """The training frames that keep their labels (None: all) and the held-out frames best.pth is selected on
+    (None: val), each listed in the run folder."""
+    dcfg = cfg.data_cfg
+    keep = labelled_subset(clips, dcfg.labeled_fraction, dcfg.split_seed, dcfg.labeled_split_file)
+    held = held_out_subset(clips, dcfg.held_out_fraction, dcfg.split_seed, keep)
+    if (keep is not None or held is not None) and distilled:
+        raise ConfigError("data_cfg.labeled_fraction / labeled_split_file / held_out_fraction: a teacher's targets "
+                          "need no labels; unset them or the teacher")  # fmt: skip
+    total = len(labelled_keys(clips))
+    if held is not None and keep is None:  # all labels but the held-out ones
+        keep = sorted(set(labelled_keys(clips)) - set(held))
+    if keep is not None and D.is_main():
+        how = (f"split file {dcfg.labeled_split_file}" if dcfg.labeled_split_file else
+               f"labeled_fraction {dcfg.labeled_fraction}, split_seed {dcfg.split_seed}")  # fmt: skip
+        if dcfg.labeled_fraction is None and dcfg.labeled_split_file is None:
+            how = f"all but the held-out frames (held_out_fraction {dcfg.held_out_fraction})"
+        atomic_write_text(run / LIST_NAME, list_text(keep, total, how))
+        print(f"== {len(keep)} labelled training frames ({how}), listed in {run / LIST_NAME}")
+    if held is not None and D.is_main():
+        how = f"held_out_fraction {dcfg.held_out_fraction}, split_seed {dcfg.split_seed}; best.pth is selected on them"
+        atomic_write_text(run / HELD_OUT_NAME, list_text(held, total, how))
+        print(f"== {len(held)} held-out training frames select best.pth, listed in {run / HELD_OUT_NAME}")
+    return keep, held
 
 
 def train(setup: RunSetup) -> Path:
@@ -81,30 +119,28 @@ def train(setup: RunSetup) -> Path:
         root, _, train_clips = open_split(dcfg, "train", dcfg.min_vid_len)
         _, _, val_clips = open_split(dcfg, "val", dcfg.min_vid_len)
     teacher = build_teacher(cfg, info, device, with_previous=False)  # KD image baseline, else None
-    keep = labelled_subset(train_clips, dcfg.labeled_fraction, dcfg.split_seed, dcfg.labeled_split_file)
-    if keep is not None:
-        if teacher is not None:
-            raise ConfigError("data_cfg.labeled_fraction / labeled_split_file: a teacher's targets need no labels; "
-                              "unset them or the teacher")  # fmt: skip
-        how = (f"split file {dcfg.labeled_split_file}" if dcfg.labeled_split_file else
-               f"labeled_fraction {dcfg.labeled_fraction}, split_seed {dcfg.split_seed}")  # fmt: skip
-        if D.is_main():
-            atomic_write_text(run / LIST_NAME, list_text(keep, len(labelled_keys(train_clips)), how))
-            print(f"== {len(keep)} labelled training frames ({how}), listed in {run / LIST_NAME}")
+    keep, held = label_splits(cfg, train_clips, run, teacher is not None)
     augment = ImageTrainAugment(square_crop=dcfg.square_crop) if dcfg.data_augmentation else None
     train_set = LabelledFrames(train_clips, info, size, train=True, augment=augment, square_crop=dcfg.square_crop,
                                skip=dcfg.train_skip_frames, seed=tcfg.seed,
                                teacher=None if teacher is None else teacher.source,
                                labelled_only=None if keep is None else set(keep))  # fmt: skip
-    val_set = LabelledFrames(
-        val_clips, info, size, train=False, square_crop=dcfg.square_crop, skip=dcfg.val_skip_frames
-    )
+    if held is None:  # the reference's best-on-val: the evaluation split also picks best.pth
+        val_set = LabelledFrames(
+            val_clips, info, size, train=False, square_crop=dcfg.square_crop, skip=dcfg.val_skip_frames
+        )
+    else:
+        val_set = LabelledFrames(train_clips, info, size, train=False, square_crop=dcfg.square_crop,
+                                 labelled_only=set(held))  # fmt: skip
+    side, semi_info = build_side_stream(cfg, info, train_clips, set(held or ()), device)
     if D.is_main():
         print(
             f"== {info.name} at {root}: {len(train_set)} training samples, {len(val_set)} validation samples"
         )
     # offline KD with a val dump beside the train dump: validation also logs the KL to the teacher
-    val_teacher = validation_teacher(teacher, info, [(val_clips[r.clip], r.index) for r in val_set.samples])
+    val_teacher = validation_teacher(
+        teacher, info, [(val_set.clips[r.clip], r.index) for r in val_set.samples]
+    )
     val_kl = None if val_teacher is None else TeacherKL(KLLoss(cfg.loss_cfg))
     val_set.teacher = val_teacher
 
@@ -125,7 +161,10 @@ def train(setup: RunSetup) -> Path:
     final = fit(
         model=model, cfg=cfg, kind="image", info=info, run=run, train_set=train_set, device=device,
         resume=setup.resume,
-        step_fn=step_fn, run_info=None if teacher is None else {"teacher": teacher.describe()},
+        step_fn=step_fn, side=side,
+        run_info={"model_selection": "held_out" if held else "best_on_val (reference compatibility)",
+                  **({} if teacher is None else {"teacher": teacher.describe()}),
+                  **({} if semi_info is None else {"semi": semi_info})},
         validate_fn=lambda m: (*validate(m, val_set, info, device, batch_size=tcfg.batch_size,
                                          num_workers=min(tcfg.num_workers, 2), amp_dtype=dtype,
                                          max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples,

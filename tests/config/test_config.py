@@ -167,6 +167,7 @@ def _registry_fields(cls: type, prefix: str = "") -> list[tuple[str, set, dict]]
 def test_every_schema_list_of_names_equals_its_registry() -> None:
     """A name the schema accepts builds, and a registered component is reachable from a config."""
     import models  # noqa: F401  (registers everything)
+    import training.semi  # noqa: F401  (registers the losses on unlabelled frames)
     from config.schema import KINDS
     from models.registry import Registry
 
@@ -175,7 +176,14 @@ def test_every_schema_list_of_names_equals_its_registry() -> None:
         registry = Registry.ALL[meta["registry"]]
         assert choices - set(meta.get("registry_extra", ())) == set(registry.names()), key
     named = {meta["registry"] for _, _, meta in fields}
-    assert {"video model", "flow provider", "registration provider", "head", "similarity op"} <= named
+    assert {
+        "video model",
+        "flow provider",
+        "registration provider",
+        "head",
+        "similarity op",
+        "unlabelled loss",
+    } <= named
 
 
 def test_a_method_section_must_match_model_name(tmp_path: Path) -> None:

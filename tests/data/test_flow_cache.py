@@ -72,8 +72,8 @@ def test_cached_flow_returns_what_the_provider_computed(tiny_synthetic: Path, tm
 def test_bad_arguments_are_one_line_errors(tiny_config: None, tiny_synthetic: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--size"):
         flow_cache.main(_args(tiny_synthetic, tmp_path, "--size", "big"))
-    # the tiny training clips are labelled on their last frame only: no labelled frame has a next frame
-    with pytest.raises(ConfigError, match="no labelled train frame"):
+    # the tiny training clips are labelled on their last frame only: no annotated frame has a next frame
+    with pytest.raises(ConfigError, match=r"no annotated train frame t has a frame t\+1"):
         flow_cache.main(["base_synthetic", "--cache-dir", str(tmp_path)])
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from config.errors import ConfigError
-from training.fcl import FCL_PRESETS, FlowConsistencyLoss, mask_bottom_rows, shift_map
+from data.unlabelled import mask_bottom_rows
+from training.fcl import FCL_PRESETS, FlowConsistencyLoss, shift_map
 
 
 def _logits(p: list[list[float]]) -> torch.Tensor:
@@ -112,7 +113,7 @@ def test_only_the_centre_pixel_gets_gradient_with_detached_neighbours() -> None:
     got = logits.grad.clone()
     # the same loss with Q built from a constant copy of the probabilities
     logits2 = logits.detach().clone().requires_grad_(True)
-    q = fcl.targets(logits.detach().softmax(1), flow)
+    q, _ = fcl.targets(logits.detach().softmax(1), flow)
     (fcl.weight * (q * torch.log(logits2.softmax(1) + fcl.eps)).sum()).backward()
     assert torch.allclose(got, logits2.grad, atol=1e-6)
     logits.grad = None
