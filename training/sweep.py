@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
             key = f"{name}@{seed}"
             overrides = [*args.set, *extra, f"{args.vary}={seed}"]
             resolved = zoo._resolved(config, kind, overrides)
-            run = zoo._reusable(state["runs"].get(key), overrides, resolved)
+            run = zoo._reusable(state["runs"].get(key), overrides, resolved, kind)
             if run is None:
                 t = time.time()
                 print(f"== [sweep] {name}, {args.vary}={seed}: training {config}")

@@ -34,6 +34,7 @@ from config.cli import CliParser, at_least
 from config.errors import ConfigError, run_cli
 from config.files import atomic_write_text, check_writable
 from config.loader import CONFIG_ROOT, load, to_dict
+from config.schema import KINDS
 from data.frames import ensure_dataset
 from eval import compare
 from eval.vis import image as eval_image
@@ -118,21 +119,36 @@ def _resolved(name: str, kind: str, overrides: list[str]) -> dict:
     return json.loads(json.dumps(to_dict(load(name, kind, overrides)), default=str))
 
 
-def same_config(stored: Any, current: Any) -> bool:
+def default_config(kind: str) -> dict:
+    """Every key of a ``kind`` config at its schema default, in the form of :func:`_resolved`."""
+    return json.loads(json.dumps(to_dict(KINDS[kind]()), default=str))
+
+
+def same_config(stored: Any, current: Any, defaults: Any = None) -> bool:
     """Whether a recorded resolved config trains like the current one. A key the schema gained since the run was
-    recorded counts only when it is set: a new method's section (``null`` unless that method is chosen) must not
-    retrain every run of the zoo."""
+    recorded counts only when it differs from its schema default (``defaults``, the tree of
+    :func:`default_config`; without it, from null): a new method's section (null unless that method is chosen) or a
+    new option at its default must not retrain every run of the zoo."""
     if isinstance(stored, dict) and isinstance(current, dict):
+        below = defaults if isinstance(defaults, dict) else {}
         return all(k in current for k in stored) and all(
-            same_config(stored[k], v) if k in stored else v is None for k, v in current.items()
+            same_config(stored[k], v, below.get(k)) if k in stored else v == below.get(k)
+            for k, v in current.items()
         )
     return stored == current
 
 
-def _reusable(entry: dict | None, overrides: list[str], config: dict) -> Path | None:
+def _reusable(entry: dict | None, overrides: list[str], config: dict, kind: str | None = None) -> Path | None:
     """The recorded run of a step when it finished and was trained with the same overrides and the same resolved
-    config (the YAML files may have changed since), else None."""
-    if not entry or entry.get("overrides") != overrides or not same_config(entry.get("config"), config):
+    config (the YAML files may have changed since; ``kind`` gives the schema defaults of keys added since), else
+    None."""
+    kind = (entry or {}).get("kind", kind)
+    defaults = default_config(kind) if kind in KINDS else None
+    if (
+        not entry
+        or entry.get("overrides") != overrides
+        or not same_config(entry.get("config"), config, defaults)
+    ):
         return None
     run = Path(entry.get("run", ""))
     return run if run.is_dir() and run_status(run) == "finished" else None
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 dumped = True
             overrides = [*overrides, f"data_cfg.teacher_run={runs[TEACHER_CONFIG]}"]
         config = _resolved(name, kind, overrides)
-        run = _reusable(state["runs"].get(name), overrides, config)
+        run = _reusable(state["runs"].get(name), overrides, config, kind)
         if run is not None:
             print(f"== [zoo] {i}/{len(steps)} {name}: finished run {run} reused")
         else:

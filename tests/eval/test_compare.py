@@ -373,3 +373,8 @@ def test_a_new_schema_section_left_unset_does_not_retrain_recorded_runs() -> Non
     )
     assert not same_config(stored, {**grown, "training_cfg": {"lr": 2e-3}})  # a changed value
     assert not same_config(grown, stored)  # a key that disappeared
+    # a new option counts when it differs from its schema default (a new key at its default retrains nothing)
+    defaults = {"training_cfg": {"lr": 1e-4, "seed": 0}}
+    seeded = {**grown, "training_cfg": {"lr": 1e-3, "seed": 0}}
+    assert same_config(stored, seeded, defaults) and not same_config(stored, seeded)
+    assert not same_config(stored, {**grown, "training_cfg": {"lr": 1e-3, "seed": 1}}, defaults)

@@ -50,6 +50,25 @@ def test_torchrun_two_processes_match_one(
     assert sum(map(sum, two_process_cm)) == labelled  # every labelled val pixel counted exactly once
 
 
+@pytest.mark.slow
+def test_torchrun_trains_the_unlabelled_stream_on_every_rank(tiny_synthetic: Path, tmp_path: Path) -> None:
+    """Semi-supervised DDP: both ranks take the alternating unlabelled step (each its own share of the stream)."""
+    from tests.training.test_semi import FCL, _tiny
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.train_image", FCL, *_tiny(tiny_synthetic, tmp_path, "data_cfg.labeled_fraction=1.0",
+                                                     "training_cfg.vis_samples=0")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    ckpt = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    state = next(iter(ckpt["optimizer"]["state"].values()))
+    assert (
+        ckpt["step"] == 1 and int(state["step"]) == 2
+    )  # 4 labelled frames, batch 2 x 2 ranks; + 1 unlabelled
+    assert json.loads((run / "metrics.json").read_text())["epochs"][-1]["train_fcl"] <= 0
+
+
 @pytest.mark.parametrize(
     ("codes", "printed"),
     [([2, 2], ""), ([2, -15], "torchrun: rank 1 ended with exit code -15 after that error\n")],
