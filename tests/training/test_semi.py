@@ -216,3 +216,30 @@ def test_an_interrupted_semi_supervised_run_resumes_to_the_same_weights(
     assert got["step"] == want["step"] == 3 and _optimizer_steps(stopped) == 6
     for k, v in want["model"].items():
         assert torch.allclose(v.float(), got["model"][k].float(), atol=1e-5), k
+
+
+def test_the_cityscapes_recipe_trains_on_prepared_snippets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fcn8s+fcl_10 end to end on tiny Cityscapes snippets as process_dataset.sh prepares them: the annotated frame of
+    each snippet and the next one, the hood rows masked, the summed cross-entropy (a CPU stand-in network and DIS
+    flow instead of VGG-16 and RAFT, whose weights are user-provided)."""
+    from data.prepare import cityscapes
+    from tests.data.prepare import test_cityscapes as cs
+
+    monkeypatch.setattr(cityscapes, "LABEL_INDEX", cs.LABEL_INDEX)
+    monkeypatch.setattr(cityscapes, "SNIPPET_LEN", cs.SNIPPET_LEN)
+    (tmp_path / "datasets").mkdir()
+    ctx = cs.context(tmp_path, cs.make_archives(tmp_path / "datasets"))
+    cityscapes.CONVERTER.build(ctx)
+    run = train_image.main([
+        "fcn8s+fcl_10", f"save_dir={tmp_path / 'runs'}", f"data_cfg.path={ctx.out}", f"data_cfg.crop_size=[{cs.H}, {cs.W}]",
+        "model_cfg.backbone=tiny_cnn", "model_cfg.head_width=16", "model_cfg.pretrained_backbone=null",
+        "data_cfg.labeled_fraction=0.5", "training_cfg.num_epochs=1", "training_cfg.num_workers=0",
+        "training_cfg.vis_samples=0", "semi_cfg.flow.backend=dis", f"semi_cfg.flow.cache_dir={tmp_path / 'cache'}",
+    ])  # fmt: skip
+    semi = json.loads((run / "metrics.json").read_text())["semi"]
+    assert semi["pairs"] == 4 and semi["flow"]["mask_bottom"] == 0.25 and semi["reduction"] == "sum"
+    assert len((run / LIST_NAME).read_text().splitlines()) == 1 + 2  # ceil(0.5 x 4) labelled snippets
+    epoch = json.loads((run / "metrics.json").read_text())["epochs"][-1]
+    assert epoch["step"] == 1 and epoch["train_fcl"] <= 0 and 0 < epoch["train_fcl_active"]
