@@ -31,9 +31,8 @@ from config.errors import CheckpointError, ConfigError, run_cli
 from eval import benchmark
 from eval.evaluate import resolve_device
 from eval.leaderboard import columns, write_leaderboard
-from eval.vis import image as eval_image
-from eval.vis import video as eval_video
 from models.runs import architecture_of, load_streaming_model, locate_run
+from training.kinds import EVALUATE
 
 # TC protocol card fields that describe the model or the machine, not how TC was measured.
 CARD_EXEMPT = ("software", "device", "model_inference", "deterministic")
@@ -140,8 +139,7 @@ def gather(run: Path, args: argparse.Namespace, device_type: str) -> Entry:
     metrics_path = run / "results" / args.split / "metrics.json"
     if not metrics_path.is_file():
         print(f"== [compare] {run.name}: no {args.split} results yet, evaluating")
-        evaluate = eval_video.main if kind == "video" else eval_image.main
-        evaluate([str(run), "--split", args.split, "--device", args.device, "--precision", args.precision,
+        EVALUATE[kind]([str(run), "--split", args.split, "--device", args.device, "--precision", args.precision,
                   "--tc-protocol", args.tc_protocol, "--num-workers", str(args.num_workers), "--no-write-res"])  # fmt: skip
     metrics = _read_json(metrics_path)
     h, w = input_size(metrics, cfg)

@@ -24,9 +24,8 @@ from config.cli import CliParser, at_least
 from config.errors import ConfigError, run_cli
 from config.files import atomic_write_text, check_writable
 from config.loader import CONFIG_ROOT, load
-from eval.vis import image as eval_image
-from eval.vis import video as eval_video
-from training import train_image, train_video, zoo
+from training import zoo
+from training.kinds import EVALUATE, TRAIN
 
 STATE_NAME = "sweep.json"
 OUT_FIX = "pass another --out folder"
@@ -73,9 +72,7 @@ def evaluate(run: Path, kind: str, split: str, num_workers: int) -> dict:
     """The run's ``results/<split>/metrics.json``, evaluated first when missing."""
     path = run / "results" / split / "metrics.json"
     if not path.is_file():
-        (eval_video.main if kind == "video" else eval_image.main)(
-            [str(run), "--split", split, "--no-write-res", "--num-workers", str(num_workers)]
-        )
+        EVALUATE[kind]([str(run), "--split", split, "--no-write-res", "--num-workers", str(num_workers)])
     return json.loads(path.read_text())
 
 
@@ -159,9 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
             if run is None:
                 t = time.time()
                 print(f"== [sweep] {name}, {args.vary}={seed}: training {config}")
-                run = Path(
-                    (train_image if kind == "image" else train_video).main([config, *overrides])
-                ).resolve()
+                run = Path(TRAIN[kind]([config, *overrides])).resolve()
                 state["runs"][key] = {"run": str(run), "kind": kind, "overrides": overrides, "config": resolved,
                                       "train_s": round(time.time() - t, 1)}  # fmt: skip
                 atomic_write_text(state_path, json.dumps(state, indent=1), fix=OUT_FIX)

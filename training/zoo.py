@@ -38,7 +38,7 @@ from config.schema import KINDS
 from data.frames import ensure_dataset
 from eval import compare
 from eval.vis import image as eval_image
-from training import train_image, train_video
+from training.kinds import TRAIN
 from training.run_index import run_status
 from training.teacher import kd_enabled
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         else:
             t = time.time()
             print(f"== [zoo] {i}/{len(steps)} {name}: training")
-            run = (train_image if kind == "image" else train_video).main([name, *overrides])
+            run = TRAIN[kind]([name, *overrides])
             state["runs"][name] = {"run": str(Path(run).resolve()), "kind": kind, "overrides": overrides,
                                    "config": config, "quick": args.quick, "train_s": round(time.time() - t, 1)}  # fmt: skip
             save_state()

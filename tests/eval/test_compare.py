@@ -313,10 +313,9 @@ def fake_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str,
             run.mkdir(parents=True)
             return run
 
-        return SimpleNamespace(main=main)
+        return main
 
-    monkeypatch.setattr(zoo, "train_image", trainer("image"))
-    monkeypatch.setattr(zoo, "train_video", trainer("video"))
+    monkeypatch.setattr(zoo, "TRAIN", {kind: trainer(kind) for kind in ("image", "video")})
     monkeypatch.setattr(zoo, "ensure_dataset", lambda *a: tmp_path / "data")
     monkeypatch.setattr(
         zoo, "compare", SimpleNamespace(main=lambda argv: calls.append(("compare", "", argv)) or [])
