@@ -43,12 +43,13 @@ kd: setup
 keyframe: setup
 	$(PY) -m training.zoo --only keyframe_synthetic $(ZOO_ARGS)
 
-# Semi-supervised training from unlabelled video on the synthetic set: the flow cache, FCN-8s with and without the
-# flow-consistency loss at 10 % of the labels over 3 split seeds (mean and spread in checkpoints/sweeps/fcl/), and
-# both recipes in the zoo's leaderboard.
+# Semi-supervised training from unlabelled video on the synthetic set: the flow cache; FCN-8s at 10 % of the labels
+# with and without the flow-consistency loss, and the control (the same unlabelled steps at loss weight 0), over 3
+# split seeds (mean and spread in checkpoints/sweeps/fcl/sweep.md); both recipes in the zoo's leaderboard.
 fcl: setup
 	$(PY) -m data.flow_cache fcn8s+fcl_synthetic
-	$(PY) -m training.sweep fcn8s_synthetic fcn8s+fcl_synthetic --seeds 0,1,2 --out checkpoints/sweeps/fcl
+	$(PY) -m training.sweep fcn8s_synthetic fcn8s+fcl_synthetic --seeds 0,1,2 --out checkpoints/sweeps/fcl \
+		--arm zero_step fcn8s+fcl_synthetic semi_cfg.fcl.weight=0 semi_cfg.zero_weight_unsup_step=true
 	$(PY) -m training.zoo --only fcn8s_synthetic --only fcn8s+fcl_synthetic $(ZOO_ARGS)
 
 docs: setup
