@@ -87,7 +87,9 @@ def test_constrain_chooses_among_the_allowed_classes_only(files: Path) -> None:
     assert constrain(scores, cand).tolist() == [[0, 1, 1, VOID_ROW]]
     with_void = torch.cat([scores, torch.tensor([0.0, 0.0, 0.9, 0.0]).view(1, 1, 4)])  # a no-object channel
     assert constrain(with_void, cand).tolist() == [[0, 1, VOID_ROW, VOID_ROW]]
-    assert constrain(with_void, None, num_classes=4).tolist() == [[2, 2, 2, 2]]  # no priors: the void channel is dropped
+    assert constrain(with_void, None, num_classes=4).tolist() == [
+        [2, 2, 2, 2]
+    ]  # no priors: the void channel is dropped
     soft = corrected_distribution(scores, cand)
     assert torch.allclose(soft[:, 0, :3].sum(0), torch.ones(3)) and soft[:, 0, 3].eq(0).all()
     assert soft[1, 0, 1] == 1.0 and soft[0, 0, 1] == 0.0
