@@ -70,9 +70,10 @@ def label_splits(
     if (keep is not None or held is not None) and distilled:
         raise ConfigError("data_cfg.labeled_fraction / labeled_split_file / held_out_fraction: a teacher's targets "
                           "need no labels; unset them or the teacher")  # fmt: skip
-    total = len(labelled_keys(clips))
+    everything = labelled_keys(clips)
+    total = len(everything)
     if held is not None and keep is None:  # all labels but the held-out ones
-        keep = sorted(set(labelled_keys(clips)) - set(held))
+        keep = sorted(set(everything) - set(held))
     if keep is not None and D.is_main():
         how = (f"split file {dcfg.labeled_split_file}" if dcfg.labeled_split_file else
                f"labeled_fraction {dcfg.labeled_fraction}, split_seed {dcfg.split_seed}")  # fmt: skip
