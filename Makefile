@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo zoo kd keyframe fcl docs lint clean-demo
+.PHONY: setup test test-slow demo zoo kd keyframe fcl labelspace docs lint clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-extra.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ fcl: setup
 	$(PY) -m training.sweep fcn8s_synthetic fcn8s+fcl_synthetic --seeds 0,1,2 --out checkpoints/sweeps/fcl \
 		--arm zero_step fcn8s+fcl_synthetic semi_cfg.fcl.weight=0 semi_cfg.zero_weight_unsup_step=true
 	$(PY) -m training.zoo --only fcn8s_synthetic --only fcn8s+fcl_synthetic $(ZOO_ARGS)
+
+# Knowledge distillation across label spaces on the synthetic set: the teacher (teacher_synthetic) pseudo-labels the
+# coarse-taxonomy stand-in (config/pseudo/synthetic_coarse.yaml) with and without the ontology priors, each scored
+# against the stand-in's hidden fine labels (<teacher run>/pseudo_labels/*/pseudo_labels.json), and a student
+# trains on the source plus each; teacher and students side by side in the zoo's leaderboard.
+labelspace: setup
+	$(PY) -m training.zoo --only student_labelspace_synthetic --only student_noprior_synthetic $(ZOO_ARGS)
 
 docs: setup
 	$(PY) -m config.docs --write

@@ -25,6 +25,7 @@ from config.image_sections import (
     UPERNET_SWIN_IDS,
     ModelCfg,
 )
+from config.pseudo_sections import PseudoLabelConfig
 from config.semi_sections import FCLCfg, PairFlowCfg, SemiCfg
 from config.video_sections import (
     PLANNED_VIDEO_METHODS,
@@ -155,6 +156,31 @@ class DataCfg:
         "sift",
         "video: the data loader's OpenCV registration when opencv_homos is true (reference files: akaze)",
     )
+    pseudo_labels: list[str] | None = opt(
+        None,
+        "label-space KD: folders of teacher pseudo-labels of extra datasets (python -m eval.pseudo_label), trained "
+        "on with the source's own labels; validation stays on the source val split",
+    )
+    dataset_weights: list[float] | None = opt(
+        None,
+        "sampling weight per training dataset, the source first then each pseudo_labels folder; null = every "
+        "sample equally likely",
+        min=0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataset_weights is None:
+            return
+        want = 1 + len(self.pseudo_labels or [])
+        if len(self.dataset_weights) != want:
+            raise ConfigError(
+                f"data_cfg.dataset_weights: {len(self.dataset_weights)} weights for {want} training datasets (the "
+                f"source and {want - 1} pseudo_labels folders); give one weight per dataset, the source first"
+            )
+        if min(self.dataset_weights) < 0 or not any(w > 0 for w in self.dataset_weights):
+            raise ConfigError(
+                f"data_cfg.dataset_weights: {self.dataset_weights}: weights must be >= 0 and at least one > 0"
+            )
 
 
 @dataclass
@@ -192,6 +218,11 @@ class TrainingCfg:
     )
     max_val_samples: int | None = opt(None, "cap on validation samples (quick runs); null = all", min=1)
     deterministic: bool = opt(False, "ask torch for deterministic algorithms (slower)")
+    selection_metric: Literal["miou", "miou_zero", "fitness"] = opt(
+        "miou",
+        "validation score that picks best.pth: miou (NaN-excluding mean over present classes), miou_zero (absent "
+        "classes count 0), fitness = 0.8 miou_zero + 0.2 pixel accuracy (data-priors)",
+    )
 
     def __post_init__(self) -> None:
         if self.early_stopping is not None and self.epochs_to_run is not None:
@@ -387,4 +418,4 @@ class VideoConfig(RunConfig):
 
 
 # Config kinds: the folder of their YAML files and their schema.
-KINDS: dict[str, type] = {"image": ImageConfig, "video": VideoConfig}
+KINDS: dict[str, type] = {"image": ImageConfig, "video": VideoConfig, "pseudo": PseudoLabelConfig}

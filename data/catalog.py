@@ -3,15 +3,17 @@
 Every prepared dataset stores its masks as single-channel PNGs of *raw* values: ``raw = train_id + 1`` and
 ``0 = ignore`` (the SSP reference convention, ``ssp.md`` §7.3). :meth:`DatasetInfo.mask_to_train_ids` turns a
 raw mask into training ids (0 .. C-1, 255 = ignore) and rejects values outside the class table, because such a
-value is a conversion bug, not something to hide. The source-label conversions used by the preparation step
-(UAVid/VDD colours, RuralScapes colours, Cityscapes label ids) live here too, so that there is one table per
-dataset.
+value is a conversion bug, not something to hide. Teacher pseudo-labels (:mod:`data.compound`) are stored as
+training ids already (``label_encoding="train_ids"``: 0 .. C-1, 255 = void) and pass through unchanged. The
+source-label conversions used by the preparation step (UAVid/VDD colours, RuralScapes colours, Cityscapes label
+ids) live here too, so that there is one table per dataset.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +42,9 @@ class DatasetInfo:
     # the reference student's input size (data_cfg.crop_size, H, W): the default size of a teacher's logits dump
     # (eval.vis.image --save-logits --logits-size student); None = no reference student (keep the teacher's size)
     student_size: tuple[int, int] | None = None
+    # how mask PNGs store labels: "raw" (id + 1, 0 = ignore; prepared datasets) or "train_ids" (0 .. C-1 and
+    # 255 = void as they are; teacher pseudo-labels, data.compound)
+    label_encoding: Literal["raw", "train_ids"] = "raw"
 
     @property
     def num_classes(self) -> int:
@@ -81,10 +86,21 @@ class DatasetInfo:
         """Raw prepared mask (H, W) uint8 -> training ids (H, W) uint8, 255 = ignore.
 
         Raises :class:`DataError` naming ``path`` (and how to prepare the dataset in ``root``) when a value lies
-        outside 0 .. num_classes.
+        outside 0 .. num_classes. With ``label_encoding="train_ids"`` the values 0 .. C-1 and 255 pass through and
+        any other value is an error that says to re-run the pseudo-labelling.
         """
         if raw.ndim != 2:
             raise DataError(f"{path}: a mask must be a single-channel image, got shape {raw.shape}")
+        if self.label_encoding == "train_ids":
+            bad = (raw >= self.num_classes) & (raw != IGNORE_INDEX)
+            if bad.any():
+                values = sorted(int(v) for v in np.unique(raw[bad]))[:5]
+                raise DataError(
+                    f"{path}: label values {values} are outside the {self.name} training ids "
+                    f"(0..{self.num_classes - 1} = classes, {IGNORE_INDEX} = void); re-run the pseudo-labelling "
+                    "(python -m eval.pseudo_label CONFIG) that wrote it"
+                )
+            return raw.astype(np.uint8, copy=True)
         bad = raw > self.num_classes
         if bad.any():
             values = sorted(int(v) for v in np.unique(raw[bad]))[:5]

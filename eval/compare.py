@@ -226,6 +226,7 @@ def method_label(e: Entry) -> str:
             *taught,
             *labels,
             *unlabelled,
+            *map(_pseudo_label_fact, data.get("pseudo_labels") or []),
         ]
         return f"image baseline ({', '.join(facts)})"
     described = e.metrics.get("video_model") or e.bench.get("video_model") or {}
@@ -246,6 +247,16 @@ def method_label(e: Entry) -> str:
     ]
     facts = ", ".join(own + helpers + taught)
     return f"{name} ({facts})" if facts else name
+
+
+def _pseudo_label_fact(folder: str) -> str:
+    """``+ teacher pseudo-labels of <set> (with|without priors)``: an extra training set (label-space KD)."""
+    try:  # only for the label: a moved folder must not break the table
+        manifest = json.loads((Path(folder) / "pseudo_labels.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    priors = {True: " (with priors)", False: " (without priors)"}.get(manifest.get("use_priors"), "")
+    return f"+ teacher pseudo-labels of {Path(str(manifest.get('dataset_root', folder))).name}{priors}"
 
 
 def config_name(run: Path) -> str:

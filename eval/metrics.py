@@ -5,6 +5,8 @@ undefined when class c is absent from both (union 0). Named mIoU modes:
 
 - ``nan_exclude`` (default; torchmetrics ``average="macro"``): mean over classes with a non-empty union;
 - ``zero``: absent classes count as 0, mean over all C classes.
+
+``fitness = 0.8 * mIoU_zero + 0.2 * pixel_acc`` (§2.4) is the data-priors model-selection score.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class ConfusionMatrix:
         total = self.mat.sum().item()
         return self.mat.diag().sum().item() / total if total else math.nan
 
+    def fitness(self) -> float:
+        """``0.8 * miou("zero") + 0.2 * pixel_acc()`` (data-priors model selection); NaN for an empty matrix."""
+        return 0.8 * self.miou("zero") + 0.2 * self.pixel_acc()
+
     def mean_class_acc(self) -> float:
         """Mean over classes with ground-truth pixels of TP / (TP + FN)."""
         s = self.stats()
@@ -100,6 +106,7 @@ class ConfusionMatrix:
             "miou": _num(self.miou("nan_exclude")),
             "miou_zero": _num(self.miou("zero")),
             "pixel_acc": _num(self.pixel_acc()),
+            "fitness": _num(self.fitness()),
             "mean_class_acc": _num(self.mean_class_acc()),
             "fwiou": _num(self.fw_iou()),
             "per_class": {n: _num(float(v)) for n, v in zip(class_names, iou, strict=True)},

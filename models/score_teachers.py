@@ -13,6 +13,7 @@ out of memory is skipped and reported, as the reference does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,6 +82,45 @@ class Mask2FormerTeacher(ScoreTeacher):
         masks = F.interpolate(out.masks_queries_logits.float(), size=images.shape[-2:], mode="bilinear",
                               align_corners=False).sigmoid()  # fmt: skip
         return torch.einsum("bqk,bqhw->bkhw", probs, masks)
+
+
+class _HFLogits(nn.Module):
+    """A ``transformers`` semantic model (SegFormer) as a plain ``images -> logits [B,N,h,w]`` network."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(pixel_values=images).logits
+
+
+def hf_teacher_from_folder(
+    folder: str | Path, device: torch.device | str = "cpu"
+) -> tuple[ScoreTeacher, list[str]]:
+    """A teacher from a local ``transformers`` folder (Mask2Former or SegFormer, by its ``config.json``
+    ``model_type``) and its class names (``id2label``, the master taxonomy). Nothing is downloaded."""
+    path = Path(folder)
+    config = path / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{path}: not a transformers model folder (config.json missing); pass the local "
+                              "folder that save_pretrained wrote")  # fmt: skip
+    kind = json.loads(config.read_text()).get("model_type")
+    if kind == "mask2former":
+        teacher: ScoreTeacher = Mask2FormerTeacher.from_folder(path, device)
+        id2label = teacher.model.config.id2label
+    elif kind == "segformer":
+        from models.image.segformer import import_transformers
+
+        tf = import_transformers()
+        model = tf.SegformerForSemanticSegmentation.from_pretrained(str(path), local_files_only=True)
+        teacher = SegmentorTeacher(_HFLogits(model).to(device), int(model.config.num_labels))
+        id2label = model.config.id2label
+    else:
+        raise CheckpointError(f"{config}: model_type '{kind}' is not a supported teacher; use a Mask2Former or "
+                              "SegFormer semantic segmentation folder, or a tcseg run (teacher.run)")  # fmt: skip
+    names = [str(id2label.get(i, id2label.get(str(i), f"class_{i}"))) for i in range(teacher.num_classes)]
+    return teacher, names
 
 
 def tta_scores(

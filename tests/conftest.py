@@ -49,6 +49,18 @@ def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_coarse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny coarse-taxonomy stand-in (label-space KD): 2 train clips of other videos than tiny_synthetic, labelled
+    on their last frame in 5 coarse classes, with the fine labels kept in hidden_fine/."""
+    from data.synthetic.coarse import ensure_coarse
+
+    out = tmp_path_factory.mktemp("extra") / "coarse"
+    params = SyntheticParams(seed=7, height=TINY_HW[0], width=TINY_HW[1], train_videos=1, val_videos=1,
+                             clips_per_video=2, train_clip_len=4, val_clip_len=5)  # fmt: skip
+    return ensure_coarse(out, params, workers=1, progress=False)
+
+
 @pytest.fixture
 def tiny_overrides(tiny_synthetic: Path, tmp_path: Path) -> list[str]:
     """Overrides that turn base_synthetic into a seconds-long CPU run writing into tmp_path/checkpoints."""

@@ -2,10 +2,11 @@
 
 ``fit`` runs epochs ``[start, epochs)``: per optimizer step it accumulates ``grad_accum_steps`` micro-batches
 (``step_fn`` turns a batch into a loss), clips, steps and sets the scheduled lr; after each epoch it validates
-(``validate_fn``), writes ``best.pth`` when the validation mIoU improves and ``last.pth`` always (atomically),
-appends to ``metrics.json`` and ``log.txt``, and logs scalars and overlays to TensorBoard. Rank 0 alone writes.
-Resuming restores model, optimizer, scaler, epoch, step, best metric, history and RNG state; the data order of an
-epoch depends only on (seed, epoch), so a resumed run sees the same batches it would have seen.
+(``validate_fn``), writes ``best.pth`` when the validation score ``training_cfg.selection_metric`` improves and
+``last.pth`` always (atomically), appends to ``metrics.json`` and ``log.txt``, and logs scalars and overlays to
+TensorBoard. Rank 0 alone writes. Resuming restores model, optimizer, scaler, epoch, step, best metric, history and
+RNG state; the data order of an epoch (a dataset's own ``epoch_order(seed, epoch)`` when it has one, e.g. a
+weighted compound set) depends only on (seed, epoch), so a resumed run sees the same batches it would have seen.
 
 A :class:`SideStream` (semi-supervised training: unlabelled frames) adds a second stream of batches: its loss joins
 each micro-batch's loss (``joint``) or takes its own optimizer step after each step of the main stream
@@ -36,6 +37,7 @@ from config.errors import ConfigError, UserError, writing
 from config.files import atomic_write_text
 from config.loader import dump
 from data.catalog import DatasetInfo
+from data.compound import epoch_permutation
 from data.frames import more_samples_hint
 from data.image_dataset import worker_init
 from eval.evaluate import amp_dtype, autocast, device_name
@@ -96,16 +98,22 @@ def stream_indices(n: int, seed: int, first_step: int, steps: int, per_step: int
     return out
 
 
-def epoch_indices(n: int, seed: int, epoch: int, per_step: int) -> list[int]:
-    """This rank's sample order for an epoch: a permutation seeded by (seed, epoch), cut to whole steps.
+def epoch_indices(n: int, seed: int, epoch: int, per_step: int, order: list[int] | None = None) -> list[int]:
+    """This rank's sample order for an epoch, cut to whole steps: ``order`` (a dataset's own ``epoch_order``) or a
+    permutation of ``n`` seeded by (seed, epoch).
 
     ``per_step`` is the number of samples one process consumes per optimizer step (batch x accumulation).
     """
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
+    perm = epoch_permutation(n, seed, epoch) if order is None else order
     world = D.world_size()
-    usable = (n // (per_step * world)) * per_step * world  # every rank gets the same number of whole steps
+    usable = (len(perm) // (per_step * world)) * per_step * world  # every rank gets as many whole steps
     return perm[:usable][D.rank() :: world]
+
+
+def selection_score(val: dict, metric: str) -> float:
+    """The validation scalar (``training_cfg.selection_metric``) that picks best.pth; -inf when undefined."""
+    value = val[metric]  # the metric names are summary keys: miou (nan_exclude), miou_zero, fitness
+    return -math.inf if value is None else value
 
 
 def _too_few_samples(cfg: Any, samples: int) -> str:
@@ -188,7 +196,10 @@ def fit(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         train_set.epoch = epoch  # per-sample augmentation seeds depend on it
-        order = epoch_indices(len(train_set), tcfg.seed, epoch, per_step)[: steps_per_epoch * per_step]
+        own = getattr(train_set, "epoch_order", None)  # e.g. a weighted compound set
+        own_order = None if own is None else own(tcfg.seed, epoch)
+        order = epoch_indices(len(train_set), tcfg.seed, epoch, per_step, own_order)
+        order = order[: steps_per_epoch * per_step]
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers,
                             pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init,
                             collate_fn=collate_fn)  # fmt: skip
@@ -262,9 +273,9 @@ def fit(
                 if D.is_main():
                     for i, img in enumerate(side_panels):
                         write_png(run / "vis" / f"unlabelled_epoch{epoch + 1:03d}_{i}.png", img)
-            miou = entry["val"]["miou"] if entry["val"]["miou"] is not None else -math.inf
-            improved = miou > best
-            best = max(best, miou)
+            score = selection_score(entry["val"], tcfg.selection_metric)
+            improved = score > best
+            best = max(best, score)
         else:
             improved, panels = False, []
         entry["epoch_time_s"] = round(time.time() - t0, 2)
@@ -279,8 +290,9 @@ def fit(
                 run / "last.pth", model, cfg, kind, **state, finished=last_epoch,
                 optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
             )  # fmt: skip
-            _write_metrics(run, history, device_name(device), run_info or {})
-            _log_epoch(run, entry, info, improved)
+            _write_metrics(run, history, device_name(device), {"selection_metric": tcfg.selection_metric,
+                                                                **(run_info or {})})  # fmt: skip
+            _log_epoch(run, entry, info, improved, tcfg.selection_metric)
             if writer is not None:
                 _tensorboard_epoch(writer, entry, panels, info)
         D.barrier()
@@ -334,6 +346,8 @@ def _tensorboard_epoch(writer: Any, entry: dict, panels: list[np.ndarray], info:
         if val["miou"] is not None:
             writer.add_scalar("val/mIoU", val["miou"], e)
         writer.add_scalar("val/pixel_acc", val["pixel_acc"] or 0.0, e)
+        writer.add_scalar("val/mIoU_zero", val["miou_zero"] or 0.0, e)
+        writer.add_scalar("val/fitness", val["fitness"] or 0.0, e)
         for name, value in val.get("scalars", {}).items():
             writer.add_scalar(f"val/{name}", value, e)
         for name, iou in val["per_class"].items():
@@ -356,13 +370,16 @@ def _peak_memory_mb(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kilobytes
 
 
-def _log_epoch(run: Path, entry: dict, info: DatasetInfo, improved: bool) -> None:
+def _log_epoch(run: Path, entry: dict, info: DatasetInfo, improved: bool, selection: str = "miou") -> None:
     parts = [time.strftime("%Y-%m-%d %H:%M:%S"), f"epoch {entry['epoch']}", f"step {entry['step']}",
              f"train loss {entry['train_loss']:.4f}", f"lr {entry['lr']:.3g}",
              f"{entry['images_per_s']:.1f} img/s"]  # fmt: skip
     if "val" in entry:
         miou = entry["val"]["miou"]
         parts.append(f"val mIoU {miou:.4f}" if miou is not None else "val mIoU n/a")
+        if selection != "miou":  # the score best.pth is selected on
+            value = entry["val"][selection]
+            parts.append(f"val {selection} {value:.4f}" if value is not None else f"val {selection} n/a")
         parts.append("(best)" if improved else "")
     line = "  ".join(p for p in parts if p)
     tqdm.write(line)

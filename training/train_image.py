@@ -18,6 +18,7 @@ from config.loader import to_dict
 from config.schema import ImageConfig
 from data.augment import ImageTrainAugment
 from data.catalog import get_dataset_info
+from data.compound import check_compound, compound_train_set
 from data.fractions import (
     HELD_OUT_NAME,
     LIST_NAME,
@@ -40,7 +41,7 @@ from training.semi import build_side_stream
 from training.setup import RunSetup, clean_up_failed_start, start_run
 from training.steps import image_step
 from training.steps.kd import KLLoss, image_kd_step
-from training.teacher import TeacherKL, build_teacher, validation_teacher
+from training.teacher import TeacherKL, build_teacher, kd_enabled, validation_teacher
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +116,8 @@ def train(setup: RunSetup) -> Path:
         raise ConfigError(
             "data_cfg.photometric: reference applies to video training only (ssp.md 7.8); remove it"
         )
+    if dcfg.pseudo_labels:  # what training on pseudo-labels cannot be combined with, before anything is built
+        check_compound(cfg, distilled=kd_enabled(cfg))
 
     with D.main_first():
         root, _, train_clips = open_split(dcfg, "train", dcfg.min_vid_len)
@@ -138,6 +141,11 @@ def train(setup: RunSetup) -> Path:
         print(
             f"== {info.name} at {root}: {len(train_set)} training samples, {len(val_set)} validation samples"
         )
+    datasets = None
+    if (
+        dcfg.pseudo_labels
+    ):  # label-space KD: the source and the pseudo-labelled extra datasets, one training set
+        train_set, datasets = compound_train_set(dcfg, info, train_set, verbose=D.is_main())
     # offline KD with a val dump beside the train dump: validation also logs the KL to the teacher
     val_teacher = validation_teacher(
         teacher, info, [(val_set.clips[r.clip], r.index) for r in val_set.samples]
@@ -165,7 +173,8 @@ def train(setup: RunSetup) -> Path:
         step_fn=step_fn, side=side,
         run_info={"model_selection": "held_out" if held else "best_on_val (reference compatibility)",
                   **({} if teacher is None else {"teacher": teacher.describe()}),
-                  **({} if semi_info is None else {"semi": semi_info})},
+                  **({} if semi_info is None else {"semi": semi_info}),
+                  **({} if datasets is None else {"datasets": datasets})},
         validate_fn=lambda m: (*validate(m, val_set, info, device, batch_size=tcfg.batch_size,
                                          num_workers=min(tcfg.num_workers, 2), amp_dtype=dtype,
                                          max_samples=tcfg.max_val_samples, vis_samples=tcfg.vis_samples,

@@ -57,6 +57,9 @@ def train(setup: RunSetup) -> Path:
     cfg, device, run = setup.cfg, setup.device, setup.run
     dcfg, tcfg = cfg.data_cfg, cfg.training_cfg
     kd_enabled(cfg)  # the distillation keys agree (before anything is loaded)
+    if dcfg.pseudo_labels or dcfg.dataset_weights:
+        raise ConfigError("data_cfg.pseudo_labels / dataset_weights: compound training over pseudo-labelled datasets "
+                          "is for image training (python -m training.train_image); remove them")  # fmt: skip
     size = tuple(dcfg.crop_size)
 
     image_run = image_run_of(cfg.image_model_cfg)

@@ -11,7 +11,9 @@ On the embedded synthetic aerial video set (generated on first use):
    ``--only``, too); any other value (empty, a run, a path) keeps the base image run;
 3. a config that distils (``loss_cfg.loss_func: kldiv``) without naming its teacher gets the zoo's teacher
    (``config/image/teacher_synthetic.yaml``), trained once, whose logits of every training frame are dumped once
-   (``eval.vis.image --save-logits``) and passed as ``data_cfg.teacher_run``;
+   (``eval.vis.image --save-logits``) and passed as ``data_cfg.teacher_run``; a config that trains on teacher
+   pseudo-labels (``data_cfg.pseudo_labels``) has them made by that teacher first, with the ``config/pseudo/*.yaml``
+   that writes each folder, into ``<teacher run>/pseudo_labels/`` (``eval.pseudo_label``; resumable);
 4. evaluate and benchmark each run and write the leaderboard with ``eval.compare`` (``<save_dir>/leaderboard/``):
    every finished run the zoo recorded in this folder in the same mode (``--quick`` or not), so ``make kd`` after
    ``make zoo`` adds its rows to the same table.
@@ -36,7 +38,7 @@ from config.files import atomic_write_text, check_writable
 from config.loader import CONFIG_ROOT, load, to_dict
 from config.schema import KINDS
 from data.frames import ensure_dataset
-from eval import compare
+from eval import compare, pseudo_label
 from eval.vis import image as eval_image
 from training.kinds import TRAIN
 from training.run_index import run_status
@@ -95,6 +97,12 @@ def needs_teacher(name: str, kind: str, overrides: list[str]) -> bool:
     cfg = load(name, kind, overrides)
     d = cfg.data_cfg
     return kd_enabled(cfg) and d.logits_folder is None and d.teacher_run is None
+
+
+def pseudo_label_folders(name: str, kind: str, overrides: list[str]) -> list[str]:
+    """The teacher pseudo-label folders a config trains on (``data_cfg.pseudo_labels``; the zoo's teacher makes them
+    with the ``config/pseudo/*.yaml`` that writes each, see :func:`eval.pseudo_label.ensure`)."""
+    return list(load(name, kind, overrides).data_cfg.pseudo_labels or [])
 
 
 def dump_teacher_logits(teacher: Path, num_workers: int) -> None:
@@ -161,6 +169,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "every video run")  # fmt: skip
     p.add_argument("--video", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every video config (repeatable)")  # fmt: skip
+    p.add_argument("--pseudo", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for the pseudo-labelling configs (config/pseudo/) of the configs that train on "
+                        "teacher pseudo-labels (repeatable), e.g. dataset_path=...")  # fmt: skip
     p.add_argument("--only", action="append", default=[], metavar="NAME",
                    help=f"train only this config besides {IMAGE_CONFIG} and the image configs it starts or distils "
                         f"from (repeatable; default: every config/image and config/video/{VIDEO_PATTERN})")  # fmt: skip
@@ -222,7 +233,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # the teacher trains right after the base image run when some config distils from it
     steps = [(IMAGE_CONFIG, "image")]
     students = {n for n, k in todo if needs_teacher(n, k, overrides_of(n, k) if k == "image" else args.video)}
-    if students and TEACHER_CONFIG not in [n for n, _ in todo]:
+    labelled_by_teacher = {n: f for n, k in todo if (f := pseudo_label_folders(n, k, overrides_of(n, k) if k == "image"
+                                                                                 else args.video))}  # fmt: skip
+    if (students or labelled_by_teacher) and TEACHER_CONFIG not in [n for n, _ in todo]:
         steps.append((TEACHER_CONFIG, "image"))
     steps += sorted(todo, key=lambda nk: (nk[0] != TEACHER_CONFIG, nk[1] != "image"))
     runs: dict[str, Path] = {}
@@ -237,6 +250,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 dump_teacher_logits(runs[TEACHER_CONFIG], 0 if args.quick else args.num_workers)
                 dumped = True
             overrides = [*overrides, f"data_cfg.teacher_run={runs[TEACHER_CONFIG]}"]
+        if name in labelled_by_teacher:  # the teacher's pseudo-labels of each folder, made once, in its run folder
+            made = [pseudo_label.ensure(f, runs[TEACHER_CONFIG], args.pseudo) for f in labelled_by_teacher[name]]
+            overrides = [*overrides, f"data_cfg.pseudo_labels=[{', '.join(map(str, made))}]"]
         config = _resolved(name, kind, overrides)
         run = _reusable(state["runs"].get(name), overrides, config, kind)
         if run is not None:

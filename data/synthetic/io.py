@@ -97,9 +97,9 @@ def load_flow(clip_dir: Path, frame_stem: str, direction: Literal["forward", "ba
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
-def read_meta(root: Path) -> dict[str, Any] | None:
-    """The dataset's metadata, or None when ``synthetic_meta.json`` is missing (an incomplete dataset)."""
-    path = Path(root) / META_NAME
+def read_meta(root: Path, name: str = META_NAME) -> dict[str, Any] | None:
+    """The dataset's metadata, or None when ``name`` (``synthetic_meta.json``) is missing (an incomplete dataset)."""
+    path = Path(root) / name
     if not path.is_file():
         return None
     try:

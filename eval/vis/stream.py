@@ -189,7 +189,7 @@ class FrameScorer:
                      "resolution": list(size) if resolution == "input" else "label (each mask's own size)",
                      "label_resize": "nearest" if resolution == "input" else "none; logits resized bilinearly", "ignore_index": self.info.ignore_index, "tta": "none",
                      "frames": self.labelled_frames, "classes": list(names), "per_class": s["per_class"]},
-            **{k: s[k] for k in ("miou_zero", "pixel_acc", "mean_class_acc", "fwiou", "labelled_pixels",
+            **{k: s[k] for k in ("miou_zero", "pixel_acc", "mean_class_acc", "fwiou", "fitness", "labelled_pixels",
                                  "confusion_matrix")},
             "model_inference": model_inference,
         }  # fmt: skip

@@ -65,3 +65,15 @@ def test_summary_is_json_ready() -> None:
     assert s["confusion_matrix"] == [[2, 0], [0, 0]]
     rows = cm.per_class_rows(["a", "b"])
     assert rows[1]["iou"] == "" and rows[0]["gt_pixels"] == 2 and not rows[1]["present_in_gt"]
+
+
+def test_fitness_is_0_8_miou_zero_plus_0_2_pixel_acc() -> None:
+    # metrics.md 2.4 on the 2.2 example: miou_zero (2/3 + 1/2) / 3, pixel accuracy 3/4
+    cm = ConfusionMatrix(3)
+    cm.mat = torch.tensor([[2, 1, 0], [0, 1, 0], [0, 0, 0]])
+    want = 0.8 * (2 / 3 + 1 / 2) / 3 + 0.2 * 3 / 4
+    assert cm.fitness() == pytest.approx(want)
+    assert cm.summary(["a", "b", "c"])["fitness"] == pytest.approx(want, abs=1e-6)
+    assert (
+        math.isnan(ConfusionMatrix(2).fitness()) and ConfusionMatrix(2).summary(["a", "b"])["fitness"] is None
+    )

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from config.errors import CheckpointError
-from models.score_teachers import Mask2FormerTeacher, ScoreTeacher, SegmentorTeacher, tta_scores
+from models.score_teachers import (
+    Mask2FormerTeacher,
+    ScoreTeacher,
+    SegmentorTeacher,
+    hf_teacher_from_folder,
+    tta_scores,
+)
 
 
 class Ramp(nn.Module):
@@ -66,3 +72,20 @@ def test_a_tiny_mask2former_from_a_local_folder(tmp_path: Path) -> None:
     assert labels[void].eq(255).all() and labels[~void].lt(3).all()
     with pytest.raises(CheckpointError, match="config.json missing"):
         Mask2FormerTeacher.from_folder(tmp_path / "nothing")
+
+
+def test_a_tiny_segformer_from_a_local_folder_names_its_classes(tmp_path: Path) -> None:
+    tf = pytest.importorskip("transformers")
+    cfg = tf.SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                             num_attention_heads=[1, 1], decoder_hidden_size=16, num_labels=3,
+                             id2label={0: "road", 1: "tree", 2: "car"}, label2id={"road": 0, "tree": 1, "car": 2})  # fmt: skip
+    torch.manual_seed(0)
+    tf.SegformerForSemanticSegmentation(cfg).save_pretrained(tmp_path / "segformer")
+    teacher, names = hf_teacher_from_folder(tmp_path / "segformer")
+    assert names == ["road", "tree", "car"] and teacher.num_classes == 3 and not teacher.has_void
+    scores = teacher.predict_scores(torch.randn(1, 3, 32, 48))
+    assert scores.shape == (1, 3, 32, 48) and torch.allclose(scores.sum(1), torch.ones(1, 32, 48), atol=1e-5)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CheckpointError, match="model_type 'bert' is not a supported teacher"):
+        hf_teacher_from_folder(tmp_path / "other")
