@@ -41,6 +41,7 @@ class ExtraClass:
     id: int
     train_id: int
     has_instances: bool
+    color: tuple[int, int, int] | None = None  # the optional ``color`` column, "(r,g,b)": for pictures only
 
 
 def read_labels_csv(path: str | Path) -> list[ExtraClass]:
@@ -58,11 +59,13 @@ def read_labels_csv(path: str | Path) -> list[ExtraClass]:
             f"{p}: the header lacks the column(s) {', '.join(missing)}; it needs {', '.join(LABELS_COLUMNS)}"
         )
     col = {c: header.index(c) for c in LABELS_COLUMNS}
+    color_col = header.index("color") if "color" in header else None
     out = []
     for n, row in enumerate(rows[1:], 2):
         try:
             out.append(ExtraClass(row[col["name"]].strip(), int(row[col["id"]]), int(row[col["trainId"]]),
-                                  row[col["hasInstances"]].strip().lower() in ("1", "true", "yes")))  # fmt: skip
+                                  row[col["hasInstances"]].strip().lower() in ("1", "true", "yes"),
+                                  _color(row[color_col]) if color_col is not None else None))  # fmt: skip
         except (IndexError, ValueError):
             raise DataError(
                 f"{p}:{n}: expected a name, an integer id and trainId, got {','.join(row)}"
@@ -74,6 +77,16 @@ def read_labels_csv(path: str | Path) -> list[ExtraClass]:
             f"{p}: the class name(s) {', '.join(dupes)} appear more than once; names must be unique"
         )
     return out
+
+
+def _color(cell: str) -> tuple[int, int, int] | None:
+    """``"(r,g,b)"`` -> (r, g, b); anything else -> None (the colour only tints pictures)."""
+    parts = cell.strip().strip("()[]").split(",")
+    try:
+        rgb = tuple(int(p) for p in parts)
+    except ValueError:
+        return None
+    return rgb if len(rgb) == 3 and all(0 <= v < 256 for v in rgb) else None  # type: ignore[return-value]
 
 
 @dataclass

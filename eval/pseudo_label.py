@@ -83,13 +83,20 @@ def load_teacher(cfg: PseudoLabelConfig, device: torch.device) -> Teacher:
     """The tcseg run or the ``transformers`` folder that ``cfg.teacher`` names."""
     t = cfg.teacher
     if t.run is not None:
-        run = locate_run(t.run, cfg.save_dir)
+        run = locate_run(
+            t.run, cfg.save_dir
+        ).resolve()  # one spelling, so a resumed folder recognises its teacher
         model, run_cfg, meta = load_image_model(
             run, best=t.best_model and checkpoint_path(run, True).is_file()
         )
         info = get_dataset_info(run_cfg.data_cfg.dataset)
         size = tuple(t.input_size or run_cfg.data_cfg.crop_size)
-        desc = {"run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"), "dataset": info.name}
+        desc = {
+            "run": str(run),
+            "checkpoint": str(Path(meta["path"]).resolve()),
+            "epoch": meta.get("epoch"),
+            "dataset": info.name,
+        }
         return Teacher(SegmentorTeacher(model.to(device), info.num_classes), info, size, desc)
     scorer, names = hf_teacher_from_folder(t.hf_folder, device)
     palette = tuple(
@@ -103,8 +110,9 @@ def load_teacher(cfg: PseudoLabelConfig, device: torch.device) -> Teacher:
 def extra_info(root: Path, classes: list) -> DatasetInfo:
     """A descriptor of the extra dataset, for reading its clips and colouring its labels (never for training)."""
     names = tuple(c.name for c in classes)
-    palette = tuple(
-        tuple(int(v) for v in np.random.default_rng(100 + i).integers(0, 256, 3)) for i in range(len(names))
+    palette = tuple(  # labels.csv's colours, else fixed random ones
+        c.color or tuple(int(v) for v in np.random.default_rng(100 + i).integers(0, 256, 3))
+        for i, c in enumerate(classes)
     )
     return DatasetInfo(name=root.name, class_names=names, palette=palette, default_root=str(root), fps=1.0,
                        prepare_command="bring it into the prepared layout (README, 'Label-space KD')")  # fmt: skip
@@ -148,11 +156,12 @@ def settings(cfg: PseudoLabelConfig, teacher: Teacher, mapping_csv: Path | None)
             "input_size": list(teacher.input_size), "splits": list(cfg.splits), "save_soft": cfg.save_soft}  # fmt: skip
 
 
-def check_resumable(out: Path, current: dict) -> None:
-    """Refuse a folder holding pseudo-labels made with other settings (one line naming what differs)."""
+def check_resumable(out: Path, current: dict) -> float | None:
+    """Refuse a folder holding pseudo-labels made with other settings (one line naming what differs); return the
+    labelling speed the folder's manifest recorded (kept when a rerun writes nothing)."""
     path = out / MANIFEST
     if not path.is_file():
-        return
+        return None
     try:
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -161,6 +170,7 @@ def check_resumable(out: Path, current: dict) -> None:
     if diff:
         raise DataError(f"{out} holds pseudo-labels made with other settings ({', '.join(diff)} differ); choose "
                         "another experiment name, or delete the folder to label again")  # fmt: skip
+    return stored.get("frames_per_s")
 
 
 def label_batch(teacher: Teacher, mapping: OntologyMapping | None, batch: dict, device: torch.device,
@@ -244,8 +254,8 @@ def summarise(out: Path, done: dict[str, list[str]], teacher: Teacher, cfg: Pseu
 
 
 def write_previews(out: Path, items: list[tuple[str, Clip, int]], teacher: Teacher, extra: DatasetInfo,
-                   classes: list, count: int) -> None:  # fmt: skip
-    """``preview/<i>.png``: image | extra label | pseudo-label for ``count`` frames spread over the set."""
+                   classes: list, count: int, reference: Path | None) -> None:  # fmt: skip
+    """``preview/<i>.png``: image | extra label | pseudo-label (| truth) for ``count`` frames spread over the set."""
     if count == 0 or not items:
         return
     for j, idx in enumerate(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)):
@@ -257,9 +267,17 @@ def write_previews(out: Path, items: list[tuple[str, Clip, int]], teacher: Teach
         for k, c in enumerate(classes):
             lut[c.id] = k
         size = raw.shape
-        write_png(out / "preview" / f"{j:02d}.png", panel(
-            [resize_frame(rgb, size), extra.colorize(lut[raw]), teacher.info.colorize(pl)],
-            ["image", f"extra label ({extra.name})", "pseudo-label (master)"]))  # fmt: skip
+        images = [resize_frame(rgb, size), extra.colorize(lut[raw]), teacher.info.colorize(pl)]
+        titles = ["image", f"extra label ({extra.name})", "pseudo-label (master)"]
+        if reference is not None:  # the hidden truth, in the master taxonomy
+            truth = read_mask(
+                reference / "data" / clip.name / "mask" / f"{clip.frames[i].stem}.png", teacher.info
+            )
+            images.append(
+                teacher.info.colorize(cv2.resize(truth, size[::-1], interpolation=cv2.INTER_NEAREST))
+            )
+            titles.append("truth (reference_path)")
+        write_png(out / "preview" / f"{j:02d}.png", panel(images, titles))
 
 
 def producer(folder: str | Path) -> tuple[str, list[str]]:
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> Path:
         mapping = read_mapping(mapping_csv, labels_csv, master=list(teacher.info.class_names))
     out = output_dir(cfg)
     current = settings(cfg, teacher, mapping_csv)
-    check_resumable(out, current)
+    previous_rate = check_resumable(out, current)
     extra = extra_info(root, classes)
 
     items = [
@@ -367,10 +385,18 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"== TTA scales skipped for lack of GPU memory: {sorted(skipped_scales)}")
     stats = summarise(out, done, teacher, cfg)
     atomic_write_text(out / "all_void.txt", "".join(f"{k}\n" for k in stats["all_void"]))
-    write_previews(out, items, teacher, extra, classes, cfg.previews)
+    write_previews(
+        out,
+        items,
+        teacher,
+        extra,
+        classes,
+        cfg.previews,
+        None if cfg.reference_path is None else Path(cfg.reference_path),
+    )
     manifest.update({"complete": True, "files": {s: sorted(v) for s, v in done.items()}, "written": written,
                      "skipped_existing": skipped_existing, "skipped_tta_scales": sorted(skipped_scales),
-                     "frames_per_s": round(written / seconds, 2) if written and seconds > 0 else None,
+                     "frames_per_s": round(written / seconds, 2) if written and seconds > 0 else previous_rate,
                      "device": device_name(device), "software": software(), **stats})  # fmt: skip
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     rate = f" at {manifest['frames_per_s']} frames/s" if manifest["frames_per_s"] else ""
