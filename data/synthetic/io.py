@@ -108,6 +108,14 @@ def read_meta(root: Path, name: str = META_NAME) -> dict[str, Any] | None:
         raise DataError(f"{path}: unreadable metadata ({err}); regenerate with --force") from err
 
 
+def changes(meta: dict[str, Any], params: dict[str, Any], versions: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for every parameter (``meta["params"]`` against ``params``) and every version key of
+    ``meta`` that differs from a request: what a message says when a folder holds a set made differently."""
+    old = meta.get("params") or {}
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v]
+    return diff + [f"{k} {meta.get(k)!r} -> {v}" for k, v in versions.items() if meta.get(k) != v]
+
+
 def write_meta(root: Path, meta: dict[str, Any]) -> None:
     """Write ``synthetic_meta.json`` (sorted keys, no timestamps: reproducible bytes)."""
     (Path(root) / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

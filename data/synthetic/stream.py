@@ -278,10 +278,7 @@ def _done(out: Path, params: StreamParams, force: bool) -> bool:
     if meta is not None:
         if same_stream(meta, params):
             return True
-        old = meta.get("params") or {}
-        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.to_json().items() if old.get(k) != v]
-        for key, now in (("version", STREAM_VERSION), ("generator_version", GENERATOR_VERSION)):
-            diff += [f"{key} {meta.get(key)!r} -> {now}"] if meta.get(key) != now else []
+        diff = io.changes(meta, params.to_json(), {"version": STREAM_VERSION, "generator_version": GENERATOR_VERSION})
         raise DataError(f"{out}: holds a synthetic stream made differently ({'; '.join(diff)}); add --force to "
                         "replace it, or choose another --out")  # fmt: skip
     names = [p.name for p in out.iterdir()] if out.is_dir() else []
