@@ -113,7 +113,9 @@ def _done(out: Path, params: SyntheticParams, force: bool) -> bool:
     if meta is not None:
         if same_coarse(meta, params):
             return True
-        diff = io.changes(meta, params.to_json(), {"version": COARSE_VERSION, "generator_version": GENERATOR_VERSION})
+        diff = io.changes(
+            meta, params.to_json(), {"version": COARSE_VERSION, "generator_version": GENERATOR_VERSION}
+        )
         raise DataError(f"{out}: holds a coarse synthetic set made differently ({'; '.join(diff)}); add --force to "
                         "replace it, or choose another --out")  # fmt: skip
     names = [p.name for p in out.iterdir()] if out.is_dir() else []
