@@ -301,15 +301,7 @@ def main(argv: list[str] | None = None) -> Path:
     reference = None if cfg.reference_path is None else Path(cfg.reference_path)
     stats = summarise(out, done, teacher.info, reference)
     atomic_write_text(out / "all_void.txt", "".join(f"{k}\n" for k in stats["all_void"]))
-    write_previews(
-        out,
-        items,
-        teacher,
-        extra,
-        classes,
-        cfg.previews,
-        None if cfg.reference_path is None else Path(cfg.reference_path),
-    )
+    write_previews(out, items, teacher.info, extra, classes, cfg.previews, reference)
     manifest.update({"complete": True, "files": {s: sorted(v) for s, v in done.items()}, "written": written,
                      "skipped_existing": skipped_existing, "skipped_tta_scales": sorted(skipped_scales),
                      "frames_per_s": round(written / seconds, 2) if written and seconds > 0 else previous_rate,
