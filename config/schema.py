@@ -25,6 +25,7 @@ from config.image_sections import (
     UPERNET_SWIN_IDS,
     ModelCfg,
 )
+from config.online_sections import OnlineConfig
 from config.pseudo_sections import PseudoLabelConfig
 from config.semi_sections import FCLCfg, PairFlowCfg, SemiCfg
 from config.video_sections import (
@@ -418,4 +419,9 @@ class VideoConfig(RunConfig):
 
 
 # Config kinds: the folder of their YAML files and their schema.
-KINDS: dict[str, type] = {"image": ImageConfig, "video": VideoConfig, "pseudo": PseudoLabelConfig}
+KINDS: dict[str, type] = {
+    "image": ImageConfig,
+    "video": VideoConfig,
+    "pseudo": PseudoLabelConfig,
+    "online": OnlineConfig,
+}

@@ -102,7 +102,9 @@ def _manifest(labels_dir: Path, master_info: DatasetInfo, split: str | None) -> 
         raise DataError(f"{path}: no dataset_root (the extra dataset's folder); {RERUN}")
     in_repo = not Path(text).is_absolute() and (REPO / text).is_dir()  # relative to the repository root
     listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    files = [f for v in listed.values() if isinstance(v, list) for f in v] if split is None else listed.get(split)
+    files = (
+        [f for v in listed.values() if isinstance(v, list) for f in v] if split is None else listed.get(split)
+    )
     if not isinstance(files, list) or not files:
         raise DataError(f"{path}: no pseudo-labels for split '{split}' (files.{split}); {RERUN} with it")
     return path, manifest, REPO / text if in_repo else Path(text), files

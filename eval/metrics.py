@@ -4,7 +4,9 @@ Definitions follow ``metrics.md`` §2: rows = ground truth, columns = prediction
 undefined when class c is absent from both (union 0). Named mIoU modes:
 
 - ``nan_exclude`` (default; torchmetrics ``average="macro"``): mean over classes with a non-empty union;
-- ``zero``: absent classes count as 0, mean over all C classes.
+- ``zero``: absent classes count as 0, mean over all C classes;
+- ``present_union``: ``nan_exclude`` on a per-window matrix (the online-distillation rule, ``metrics.md`` §5): the
+  same formula, named apart because its aggregation unit is one test window, not the dataset.
 
 ``fitness = 0.8 * mIoU_zero + 0.2 * pixel_acc`` (§2.4) is the data-priors model-selection score.
 """
@@ -26,15 +28,28 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        *,
+        out_of_range: str = "raise",
+    ) -> None:
         """Add predictions ``pred`` [...] (ids 0..C-1) against ``target`` [...] (ids or 255), same shape.
 
-        A target outside 0..C-1 other than 255, or a prediction outside 0..C-1, is a bug and raises.
+        ``out_of_range="raise"`` (default): a target outside 0..C-1 other than 255 is a bug and raises.
+        ``out_of_range="drop"``: every target outside 0..C-1 is dropped (the online-distillation rule, whose
+        label files are another program's, e.g. a teacher with a void class). A prediction outside 0..C-1 raises.
         """
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        if out_of_range not in ("raise", "drop"):
+            raise ValueError(f"out_of_range must be 'raise' or 'drop', got '{out_of_range}'")
         c = self.num_classes
         keep = target != IGNORE_INDEX
+        if out_of_range == "drop":
+            keep &= (target >= 0) & (target < c)
         if valid is not None:
             keep &= valid
         t = target[keep].long()
@@ -70,14 +85,21 @@ class ConfusionMatrix:
         return torch.where(union > 0, s["tp"] / union.clamp(min=1), torch.full_like(union, math.nan))
 
     def miou(self, mode: str = "nan_exclude") -> float:
-        """mIoU in the named mode (``nan_exclude`` or ``zero``); NaN when no class is present at all."""
+        """mIoU in the named mode (``nan_exclude``, ``present_union`` or ``zero``); NaN when no class is present at
+        all (``zero``: when the matrix is empty, 0)."""
         iou = self.iou()
         if mode == "zero":
             return float(torch.nan_to_num(iou, nan=0.0).mean())
-        if mode != "nan_exclude":
+        if mode not in ("nan_exclude", "present_union"):
             raise ValueError(f"unknown miou mode '{mode}'")
         present = ~iou.isnan()
         return float(iou[present].mean()) if present.any() else math.nan
+
+    def window_summary(self) -> dict[str, float | list[float]]:
+        """The per-window scores of online distillation (``metrics.md`` §5): ``acc`` (trace / total), ``miou``
+        (``present_union``: mean over the classes with a non-empty union in this matrix; NaN when none) and
+        ``iou`` [C] (NaN where the union is empty). Every value is NaN for an empty matrix."""
+        return {"acc": self.pixel_acc(), "miou": self.miou("present_union"), "iou": self.iou().tolist()}
 
     def pixel_acc(self) -> float:
         total = self.mat.sum().item()

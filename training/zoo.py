@@ -250,8 +250,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 dump_teacher_logits(runs[TEACHER_CONFIG], 0 if args.quick else args.num_workers)
                 dumped = True
             overrides = [*overrides, f"data_cfg.teacher_run={runs[TEACHER_CONFIG]}"]
-        if name in labelled_by_teacher:  # the teacher's pseudo-labels of each folder, made once, in its run folder
-            made = [pseudo_label.ensure(f, runs[TEACHER_CONFIG], args.pseudo) for f in labelled_by_teacher[name]]
+        if (
+            name in labelled_by_teacher
+        ):  # the teacher's pseudo-labels of each folder, made once, in its run folder
+            made = [
+                pseudo_label.ensure(f, runs[TEACHER_CONFIG], args.pseudo) for f in labelled_by_teacher[name]
+            ]
             overrides = [*overrides, f"data_cfg.pseudo_labels=[{', '.join(map(str, made))}]"]
         config = _resolved(name, kind, overrides)
         run = _reusable(state["runs"].get(name), overrides, config, kind)

@@ -14,7 +14,9 @@ from tests.conftest import TINY_HW
 def test_the_recipe_configs_load() -> None:
     student = load("student_labelspace_synthetic", "image")
     assert student.data_cfg.pseudo_labels == ["datasets/generated_labels/synthetic_coarse"]
-    assert student.data_cfg.dataset_weights == [2.0, 1.0] and student.training_cfg.selection_metric == "fitness"
+    assert (
+        student.data_cfg.dataset_weights == [2.0, 1.0] and student.training_cfg.selection_metric == "fitness"
+    )
     ablation = load("student_noprior_synthetic", "image")
     assert ablation.data_cfg.pseudo_labels == ["datasets/generated_labels/synthetic_coarse/no_priors"]
     pseudo = load("synthetic_coarse", "pseudo")
