@@ -79,8 +79,21 @@ def _look_winter(rgb: np.ndarray) -> np.ndarray:
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def _look_overcast(rgb: np.ndarray) -> np.ndarray:
+    """Overcast: flatter light (contrast x0.7 about mid-grey), a little darker, duller colours (saturation x0.6) and
+    a cool cast; within the photometric range of the image models' training augmentation, so a teacher trained on
+    daylight still labels it (dusk and winter are beyond it)."""
+    x = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+    lum = x.mean(axis=2, keepdims=True)
+    x = lum + 0.6 * (x - lum)
+    x = 0.5 + 0.7 * (x - 0.5) - 0.06
+    x = x * np.array([0.94, 0.98, 1.06], np.float32)
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 # name -> function of a uint8 RGB frame [H, W, 3] -> uint8 RGB [H, W, 3] (deterministic: no randomness)
-LOOKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"day": _look_day, "dusk": _look_dusk, "winter": _look_winter}  # fmt: skip
+LOOKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"day": _look_day, "dusk": _look_dusk, "winter": _look_winter,
+                                                         "overcast": _look_overcast}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,10 @@ class StreamParams:
     minutes_per_video: float = 1.0
     fps: float = 4.0
     block_frames: int = 60
-    looks: tuple[str, ...] = ("day", "dusk")
+    looks: tuple[str, ...] = (
+        "day",
+        "overcast",
+    )  # dusk and winter: beyond a daylight teacher (docs/benchmarks.md)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values the generator cannot honour."""

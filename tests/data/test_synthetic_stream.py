@@ -28,9 +28,11 @@ from data.synthetic.stream import (
 from training.online.teacher_label import list_videos, natural_key
 
 # 2 videos x 12 frames (3 s at 4 fps), looks switching every 5 frames, across the video boundary
-TINY = StreamParams(height=64, width=96, videos=2, minutes_per_video=0.05, fps=4.0, block_frames=5)
+TINY = StreamParams(
+    height=64, width=96, videos=2, minutes_per_video=0.05, fps=4.0, block_frames=5, looks=("day", "dusk")
+)
 ARGS = ["--height", "64", "--width", "96", "--videos", "2", "--minutes-per-video", "0.05", "--block-frames", "5",
-        "--workers", "1", "--quiet"]  # fmt: skip
+        "--looks", "day,dusk", "--workers", "1", "--quiet"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,9 @@ from training.online.run import OnlineResult, label_stores, main, resolve_config
 from training.online.students import STUDENTS
 
 # 2 videos x 12 frames (3 s at 4 fps), looks switching every 5 frames
-TINY = StreamParams(height=64, width=96, videos=2, minutes_per_video=0.05, fps=4.0, block_frames=5)
+TINY = StreamParams(
+    height=64, width=96, videos=2, minutes_per_video=0.05, fps=4.0, block_frames=5, looks=("day", "dusk")
+)
 # every frame a teacher frame (s_T 1): 24 frames, windows at 0, 2, ..., 22; BWT/FWT 4 frames away
 PROTOCOL = ["teacher_subsample=1", "dataset_size=4", "testing_size=2", "student_subsample=2", "sequence_length=2",
             "batch_size=2", "student_cfg.width=8", "--quiet"]  # fmt: skip
