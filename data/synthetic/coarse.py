@@ -110,14 +110,9 @@ def _done(out: Path, params: SyntheticParams, force: bool) -> bool:
     if force and (out / META_NAME).is_file():  # ours, even when its metadata is unreadable
         return False
     meta = read_coarse_meta(out)
-    if meta is not None:
-        if same_coarse(meta, params):
-            return True
-        diff = io.changes(
-            meta, params.to_json(), {"version": COARSE_VERSION, "generator_version": GENERATOR_VERSION}
-        )
-        raise DataError(f"{out}: holds a coarse synthetic set made differently ({'; '.join(diff)}); add --force to "
-                        "replace it, or choose another --out")  # fmt: skip
+    if io.existing_set(out, meta, meta is not None and same_coarse(meta, params), params.to_json(),
+                       {"version": COARSE_VERSION, "generator_version": GENERATOR_VERSION}, "a coarse synthetic set"):  # fmt: skip
+        return True
     names = [p.name for p in out.iterdir()] if out.is_dir() else []
     # Without metadata the folder is ours only when an earlier run started there (hidden_fine, its temporary
     # folder or our lock): a prepared real dataset has train.txt, val.txt and data/ too, and must never be touched.

@@ -116,6 +116,18 @@ def changes(meta: dict[str, Any], params: dict[str, Any], versions: dict[str, An
     return diff + [f"{k} {meta.get(k)!r} -> {v}" for k, v in versions.items() if meta.get(k) != v]
 
 
+def existing_set(out: Path, meta: dict[str, Any] | None, same: bool, params: dict[str, Any],
+                 versions: dict[str, Any], what: str) -> bool:  # fmt: skip
+    """Whether ``out`` holds a complete set made with the requested parameters (``same``, judged by the caller from
+    ``meta``); a set made otherwise is a :class:`DataError` listing what differs. False when there is no metadata."""
+    if meta is None:
+        return False
+    if same:
+        return True
+    raise DataError(f"{out}: holds {what} made differently ({'; '.join(changes(meta, params, versions))}); add "
+                    "--force to replace it, or choose another --out")  # fmt: skip
+
+
 def write_meta(root: Path, meta: dict[str, Any]) -> None:
     """Write ``synthetic_meta.json`` (sorted keys, no timestamps: reproducible bytes)."""
     (Path(root) / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -251,14 +251,9 @@ def _done(out: Path, params: StreamParams, force: bool) -> bool:
     if force and (out / META_NAME).is_file():  # ours, even when its metadata is unreadable
         return False
     meta = read_stream_meta(out)
-    if meta is not None:
-        if same_stream(meta, params):
-            return True
-        diff = io.changes(
-            meta, params.to_json(), {"version": STREAM_VERSION, "generator_version": GENERATOR_VERSION}
-        )
-        raise DataError(f"{out}: holds a synthetic stream made differently ({'; '.join(diff)}); add --force to "
-                        "replace it, or choose another --out")  # fmt: skip
+    if io.existing_set(out, meta, meta is not None and same_stream(meta, params), params.to_json(),
+                       {"version": STREAM_VERSION, "generator_version": GENERATOR_VERSION}, "a synthetic stream"):  # fmt: skip
+        return True
     names = [p.name for p in out.iterdir()] if out.is_dir() else []
     # Without metadata the folder is ours only when an earlier run of ours started there (lock or work folder).
     if names and (not {_LOCK, _WORK} & set(names) or any(n not in _OURS for n in names)):
