@@ -32,7 +32,7 @@ import numpy as np
 
 from config.cli import CliParser, at_least
 from config.errors import DataError, run_cli
-from config.files import acquire_lock, atomic_write_text, lock_holder, release_lock
+from config.files import atomic_write_text
 from data.catalog import SYNTHETIC
 from data.synthetic import io
 from data.synthetic.generate import generate, same_params
@@ -191,12 +191,7 @@ def ensure_coarse(out: Path, params: SyntheticParams | None = None, *, workers: 
     params.validate()
     if _done(out, params, force):
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    lock = acquire_lock(out / _LOCK)
-    if lock is None:
-        raise DataError(f"{out}: another process (pid {lock_holder(out / _LOCK)}) is writing this set; wait for it "
-                        "or choose another --out")  # fmt: skip
-    try:
+    with io.writing_set(out, _LOCK, "this set"):
         if _done(out, params, force):  # the other process may have finished it meanwhile
             return out
         (out / META_NAME).unlink(missing_ok=True)  # first: from here on the set never looks complete
@@ -223,8 +218,6 @@ def ensure_coarse(out: Path, params: SyntheticParams | None = None, *, workers: 
             "fine_to_coarse": FINE_TO_COARSE_NAMES, "fine_to_coarse_ids": list(FINE_TO_COARSE), "mapping": MAPPING,
         }  # fmt: skip
         atomic_write_text(out / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")  # last
-    finally:
-        release_lock(lock)
     return out
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import io as _io
 import json
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +25,7 @@ import cv2
 import numpy as np
 
 from config.errors import DataError
+from config.files import acquire_lock, lock_holder, release_lock
 
 META_NAME = "synthetic_meta.json"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -126,6 +129,21 @@ def existing_set(out: Path, meta: dict[str, Any] | None, same: bool, params: dic
         return True
     raise DataError(f"{out}: holds {what} made differently ({'; '.join(changes(meta, params, versions))}); add "
                     "--force to replace it, or choose another --out")  # fmt: skip
+
+
+@contextmanager
+def writing_set(out: Path, lock_name: str, what: str) -> Iterator[None]:
+    """Hold the lock ``out/lock_name`` (``out`` created) for the block that (re)writes a derived set in ``out``; a
+    second writer is one :class:`DataError` naming the holder."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(out / lock_name)
+    if lock is None:
+        raise DataError(f"{out}: another process (pid {lock_holder(out / lock_name)}) is writing {what}; wait for "
+                        "it or choose another --out")  # fmt: skip
+    try:
+        yield
+    finally:
+        release_lock(lock)
 
 
 def write_meta(root: Path, meta: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from config.cli import CliParser, at_least
 from config.errors import ConfigError, DataError, run_cli
-from config.files import acquire_lock, atomic_write_text, lock_holder, release_lock
+from config.files import atomic_write_text
 from data.catalog import IGNORE_INDEX, SYNTHETIC
 from data.synthetic import io
 from data.synthetic.looks import LOOKS
@@ -303,12 +303,7 @@ def ensure_stream(out: Path, params: StreamParams | None = None, *, workers: int
     params.validate()
     if _done(out, params, force):
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    lock = acquire_lock(out / _LOCK)
-    if lock is None:
-        raise DataError(f"{out}: another process (pid {lock_holder(out / _LOCK)}) is writing this stream; wait for "
-                        "it or choose another --out")  # fmt: skip
-    try:
+    with io.writing_set(out, _LOCK, "this stream"):
         if _done(out, params, force):  # the other process may have finished it meanwhile
             return out
         (out / META_NAME).unlink(missing_ok=True)  # first: from here on the stream never looks complete
@@ -316,8 +311,6 @@ def ensure_stream(out: Path, params: StreamParams | None = None, *, workers: int
         _render_all(params, work, workers, progress)
         _place(work, out, params)
         atomic_write_text(out / META_NAME, json.dumps(_meta(params), indent=2, sort_keys=True) + "\n")
-    finally:
-        release_lock(lock)
     return out
 
 
