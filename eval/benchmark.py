@@ -65,6 +65,8 @@ from eval.timing import (
     summarise_runs,
 )
 from eval.vis.outputs import RUN_FOLDER_FIX
+from models.fast_path import FastPath, add_fast_path_args, fast_path_of, prepare_inference
+from models.fast_path import describe as describe_fast_path
 from models.runs import load_streaming_model, locate_run
 from models.video.base import StepSide, VideoModel, no_timer
 from models.video.per_frame import PerFrame
@@ -100,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --intervals: score avg and min mIoU by key distance on the val split at each "
                         "interval (default: on)")  # fmt: skip
     p.add_argument("--num-workers", type=at_least(0), default=0, help="--curve-miou: data-loader workers")
+    add_fast_path_args(p)
+    p.add_argument("--fast-path-steps", action="store_true",
+                   help="also time the model with the fast path's steps added one at a time (plain, + BatchNorm "
+                        "folding, + channels_last, + fast module forms), fp32, same frames")  # fmt: skip
     return p
 
 
@@ -219,6 +225,37 @@ def _time_alone(model: VideoModel, dtype: torch.dtype | None, frames: list[tuple
     return {**summarise_runs(timed[0]), **(_key_split(model, timed) or {})}
 
 
+# The fast path's steps, added one at a time (--fast-path-steps): each one's saving is the difference to the row above.
+FAST_PATH_STEPS = {
+    "plain": FastPath.off(),
+    "+ BatchNorm folding": FastPath(fold_bn=True, channels_last=False, fast_modules=False),
+    "+ channels_last": FastPath(fold_bn=True, channels_last=True, fast_modules=False),
+    "+ fast module forms": FastPath(fold_bn=True, channels_last=True, fast_modules=True),
+}
+
+
+def _fast_path_steps(run: Any, args: argparse.Namespace, device: torch.device,
+                     frames: list[tuple[torch.Tensor, FramePair | None]]) -> list[dict[str, Any]]:  # fmt: skip
+    """fp32 figures of the method with each cumulative fast-path step (a fresh model each: the steps act in place),
+    timed like the headline (interleaved runs, median run)."""
+    steppers, built = {}, {}
+    for name, options in FAST_PATH_STEPS.items():
+        model, _, _ = load_streaming_model(run, args.best_model, use_caches=False, overrides=args.set)
+        model.to(device).eval()
+        built[name] = prepare_inference(model, device, options)
+        steppers[name] = _steppers(model, None, device, baseline=False)[
+            "image" if model.per_frame else "video"
+        ]
+    with torch.inference_mode():
+        timed = _timed_runs(steppers, frames, args, device)
+    rows = [{"step": name, **summarise_runs(timed[name][0]), "bn_folded": built[name]["bn_folded"],
+             "probe_diff": built[name]["probe_diff"]} for name in steppers]  # fmt: skip
+    plain = rows[0]["fps"]
+    for row in rows:
+        row["speedup"] = round(row["fps"] / plain, 3)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.frames < 1 or args.runs < 1 or args.warmup < 0:
@@ -239,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, cfg, meta = load_streaming_model(run, args.best_model, use_caches=False, overrides=args.set)
     kind = meta.get("kind")
     model.to(device).eval()
+    fast = prepare_inference(model, device, fast_path_of(args))
     if intervals is not None:
         check_curve_model(model)  # before any timing
     h = cfg.data_cfg.crop_size[0] if args.height is None else args.height
@@ -293,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
         "run": str(run), "checkpoint": meta["path"], "kind": kind, "input_size": [h, w], "batch_size": 1,
         "device": device_name(device), "threads": torch.get_num_threads(),
         "tf32": torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_compile": None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_compile": "default" if args.compile else None,
+        "fast_path": fast,
         "video_model": model.describe(), "frames_source": f"{cfg.data_cfg.dataset} {args.split} clips resized to {h}x{w}",
         "warmup": args.warmup, "timed_frames": args.frames, "runs": args.runs, "results": results,
         "software": software(),
@@ -308,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
         report.update(curve_fields(curve, plot, source if want_miou else None))
         if plot is not None:
             plot_curve(curve, plot, f"{run.name}: mIoU against cycle FPS ({report['device']}, {h}x{w})")
+    if args.fast_path_steps:
+        report["fast_path_steps"] = _fast_path_steps(run, args, device, frames)
     out = run / "benchmark" / f"{stem}.json"
     atomic_write_text(out, json.dumps(report, indent=1), fix=RUN_FOLDER_FIX)
     print(format_report(report))
@@ -364,6 +405,11 @@ def format_report(report: dict) -> str:
     lines += [
         format_key_split(k, e) for k, e in report["results"].items() if isinstance(e, dict) and "key_ms" in e
     ]
+    if "fast_path" in report:
+        lines.append(f"  {describe_fast_path(report['fast_path'])}")
+    for row in report.get("fast_path_steps", []):
+        lines.append(f"  fast path {row['step']:<22}{row['fps']:>8.2f} FPS {row['mean_ms']:>9.2f} ms  "
+                     f"x{row['speedup']:.3f} of plain")  # fmt: skip
     if "curve" in report:
         lines.append(format_curve(report))
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from data.catalog import DatasetInfo, get_dataset_info
 from data.frames import Clip
 from data.logits import MANIFEST_NAME, TeacherLogits, student_rule
 from data.teacher import SavedLogits, TeacherInputs, TeacherSource, sample_teacher
+from models.fast_path import prepare_inference
 from models.runs import load_image_model, locate_run
 
 
@@ -136,7 +137,7 @@ def build_teacher(
                 f"{info.num_classes} ({', '.join(info.class_names)}); use a teacher trained on '{info.name}'"
             )
         model.requires_grad_(False)
-        model.eval().to(device)
+        prepare_inference(model.eval().to(device), device)  # a frozen helper: the same logits, sooner
     return Teacher(TeacherInputs(tuple(tcfg.data_cfg.crop_size)), model, device, size)
 
 

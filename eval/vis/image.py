@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "split": args.split, "run": str(run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
         "dataset": info.name, "skip_frames": args.skip_frames, "frames_rule": str(rule),
         **scorer.metrics(size, "per frame (image)", sw, args.resolution),
-        "precision": args.precision, "device": device_name(device), "software": sw,
+        "precision": args.precision, "fast_path": ev.fast_path, "device": device_name(device), "software": sw,
     }  # fmt: skip
     metrics["miou"]["tta"] = tta
     write_metrics(out, metrics, scorer.cm.per_class_rows(info.class_names))

@@ -29,6 +29,7 @@ from eval.metrics import ConfusionMatrix
 from eval.tc import TemporalConsistency, protocol
 from eval.vc import VideoConsistency
 from eval.vis.outputs import RUN_FOLDER_FIX, ResultsFolder, write_csv
+from models.fast_path import add_fast_path_args, fast_path_of, prepare_inference
 from models.runs import locate_run
 
 TC_ALIASES = {"reference": "tc_reference"}
@@ -49,6 +50,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=at_least(0), default=2)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="model precision: fp32 (default) or bf16 autocast; recorded in metrics.json")  # fmt: skip
+    add_fast_path_args(p)
     p.add_argument("--tc-protocol", default="reference,strict",
                    help="comma-separated TC presets: reference (= tc_reference), strict, vspw, etc; 'none' skips TC")  # fmt: skip
     p.add_argument("--tc-flow", default="auto",
@@ -77,6 +79,7 @@ class EvalSetup:
     clips: list[Clip]
     results: ResultsFolder  # <run>/results/<split>/: write into results.path, then results.commit()
     amp: torch.dtype | None  # autocast dtype of --precision (None = fp32)
+    fast_path: dict  # what models.fast_path.prepare_inference did (recorded in metrics.json)
 
 
 def open_run(args: argparse.Namespace, load: Callable[..., tuple[Any, Any, dict]]) -> EvalSetup:
@@ -86,12 +89,13 @@ def open_run(args: argparse.Namespace, load: Callable[..., tuple[Any, Any, dict]
     run = locate_run(args.run, args.save_dir)
     model, cfg, meta = load(run, args.best_model)
     model.to(device).eval()
+    fast = prepare_inference(model, device, fast_path_of(args))
     _, info, clips = open_split(cfg.data_cfg, args.split)
     results = ResultsFolder(run / "results" / args.split,
                             f"Evaluation of {meta['path']} (epoch {meta.get('epoch')}) on the {args.split} split")  # fmt: skip
     return EvalSetup(run=run, device=device, model=model, cfg=cfg, meta=meta, info=info,
                      size=tuple(cfg.data_cfg.crop_size), clips=clips, results=results,
-                     amp=amp_dtype("bf16" if args.precision == "bf16" else "none", device))  # fmt: skip
+                     amp=amp_dtype("bf16" if args.precision == "bf16" else "none", device), fast_path=fast)  # fmt: skip
 
 
 def build_tc(args: argparse.Namespace, info: DatasetInfo, device: torch.device) -> TemporalConsistency | None:

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "split": args.split, "run": str(ev.run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
         "dataset": info.name, "image_run": meta.get("image_run"),
         **scorer.metrics(size, model.inference, sw, args.resolution),
-        "video_model": model.describe(), "precision": args.precision, "device": device_name(device), "software": sw,
+        "video_model": model.describe(), "precision": args.precision, "fast_path": ev.fast_path, "device": device_name(device), "software": sw,
     }  # fmt: skip
     if model.options():
         metrics["runtime_options"] = model.options()

@@ -27,12 +27,14 @@ local files through :func:`models.image.pretrained.load_backbone_weights`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import timm
+import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
@@ -144,10 +146,31 @@ class HieraBackbone(Backbone):
         """The inner ``HieraDet`` (keys ``pos_embed``, ``patch_embed.*``, ``blocks.*``), without ``model.``."""
         return self.body.model
 
+    def fast_inference(self, on: bool = True) -> None:
+        """Without autograd, reuse the position embedding of a token grid (timm resizes it bicubically on every
+        call, about 1 % of a Hiera-S frame at 256x448) until the embedding's weights change."""
+        trunk = self.body.model
+        if on:
+            trunk._pos_embed = functools.partial(_cached_pos_embed, trunk, {})
+        else:
+            trunk.__dict__.pop("_pos_embed", None)
+
     def forward(self, x: Tensor) -> list[Tensor]:
         # timm fails with a shape error deep inside the position embedding otherwise; say what to do instead.
         self.check_input_size(x.shape[-2], x.shape[-1])
         return list(self.body(x))
+
+
+def _cached_pos_embed(trunk: nn.Module, cache: dict, x: Tensor) -> Tensor:
+    """timm's ``HieraDet._pos_embed`` (``x`` [B,h,w,C] tokens plus the embedding), with the embedding kept per
+    grid size, dtype, device and weight version."""
+    if torch.is_grad_enabled():
+        return type(trunk)._pos_embed(trunk, x)
+    key = (*x.shape[1:3], x.dtype, x.device, trunk.pos_embed._version, trunk.pos_embed_window._version)
+    if key not in cache:
+        cache.clear()
+        cache[key] = type(trunk)._pos_embed(trunk, torch.zeros_like(x[:1]))
+    return x + cache[key]
 
 
 @BACKBONES.register("sam2_hiera_tiny")

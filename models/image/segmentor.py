@@ -114,8 +114,11 @@ class Segmentor(nn.Module):
         return self.backbone(x)
 
     def decode(self, feats: Sequence[Tensor]) -> Tensor:
-        """``feats -> logits [B,K,H/o,W/o]`` at the head's output stride ``o`` (not resized)."""
-        return self.head(feats)
+        """``feats -> logits [B,K,H/o,W/o]`` at the head's output stride ``o`` (not resized), NCHW-contiguous."""
+        # With channels_last weights (models.fast_path) the classifier returns NHWC logits; resizing K-channel maps,
+        # and elementwise work mixing them with NCHW maps, is several times slower in that layout: K is small, so
+        # one copy here is cheaper (a no-op for NCHW logits).
+        return self.head(feats).contiguous()
 
     def decode_last_feature(self, feats: Sequence[Tensor]) -> Tensor:
         """``feats -> g [B,feature_channels,H/f,W/f]``: the head's feature before its classifier."""

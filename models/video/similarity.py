@@ -36,6 +36,8 @@ class ConvSimilarity(nn.Module):
         )
 
     def forward(self, f: Tensor, g: Tensor) -> Tensor:
+        if g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous():
+            f = f.contiguous(memory_format=torch.channels_last)  # else the concatenation is converted again
         return self.net(torch.cat([f, g], dim=1))
 
 

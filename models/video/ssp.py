@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,6 +35,7 @@ from config.schema import VideoConfig
 from data.frames import FramePair
 from data.transforms import denormalize
 from data.video_batch import VideoBatch
+from models.flow.base import to_uint8_rgb
 from models.image.segmentor import Segmentor
 from models.registry import VIDEO_MODELS
 from models.video.base import DataNeeds, StepOutput, StepSide, Timer, VideoModel, VideoOutput, no_timer
@@ -48,13 +50,15 @@ class SSPState:
     ``fused`` [B,K,h,w] the previous fused logits (full size, or stride 4 without ``upsample_before_mixing``);
     ``feats`` [B,E,H/4,W/4] the previous stage-1 features; ``frame01`` [B,3,H,W] the previous frame in [0,1]
     (for the registration); ``raw`` [B,K,H/4,W/4] the frame's plain image logits, before fusion and
-    upsampling (brought to the input size only when someone looks at them).
+    upsampling (brought to the input size only when someone looks at them); ``frame_u8`` [B,H,W,3] the previous
+    frame as uint8 RGB, kept when registration runs in the background thread (its numpy input).
     """
 
     fused: Tensor | None = None
     feats: Tensor | None = None
     frame01: Tensor | None = None
     raw: Tensor | None = None
+    frame_u8: np.ndarray | None = None
 
 
 class SSP(VideoModel):
@@ -132,30 +136,45 @@ class SSP(VideoModel):
         with torch.no_grad():
             return self.registration.estimate(prev01.float(), cur01.float(), pairs).to(prev01.device)
 
-    def fuse(
-        self, past: Tensor, past_feats: Tensor, logits: Tensor, feats: Tensor, h: Tensor, size: Sequence[int],
-        timer: Timer = no_timer,
-    ) -> Tensor:  # fmt: skip
-        """One fusion step. ``past`` [B,K,h,w] previous fused logits, ``logits`` [B,K,h4,w4] current stride-4
-        logits, ``feats``/``past_feats`` [B,E,h4,w4], ``h`` [B,3,3] in input pixels; returns ``o_t`` (full size with
-        ``upsample_before_mixing``, else stride 4)."""
-        if self.upsample_before_mixing:
-            with timer("upsample"):
-                cur, past = self._up(logits, size), self._up(past, size)
-            scale = 1.0
-        else:
-            cur, scale = logits, logits.shape[-1] / size[-1]
+    def warp_past(
+        self, past: Tensor, past_feats: Tensor, h: Tensor, size: Sequence[int], timer: Timer = no_timer
+    ) -> tuple[Tensor, Tensor]:
+        """The previous fused logits ``past`` [B,K,h,w] and stride-4 features ``past_feats`` [B,E,h4,w4] registered
+        into the current frame with ``h`` [B,3,3] (input pixels). ``past`` is already at the size the fusion runs at
+        (full size with ``upsample_before_mixing``, else stride 4): it is never resized again."""
+        scale = past.shape[-1] / size[-1]
         with timer("warp"):
             warped = homography_warp(past, h, scale, scaling=self.scaling)
             warped_feats = homography_warp(
                 past_feats, h, 1.0 / self.feature_stride, mode=self.features_interp_mode, scaling=self.scaling
             )
+        return warped, warped_feats
+
+    def blend(
+        self, warped: Tensor, warped_feats: Tensor, logits: Tensor, feats: Tensor, size: Sequence[int],
+        timer: Timer = no_timer,
+    ) -> Tensor:  # fmt: skip
+        """``o_t = s * warped + (1 - s) * y_t`` with ``s = sim(warped_feats, feats)``: ``logits`` [B,K,h4,w4] current
+        stride-4 logits (brought to ``size`` with ``upsample_before_mixing``), ``feats`` [B,E,h4,w4]."""
+        if self.upsample_before_mixing:
+            with timer("upsample"):
+                logits = self._up(logits, size)
         with timer("fusion"):
-            warped, cur = self.mix(warped, cur)
+            warped, cur = self.mix(warped, logits)
             s = self.sim(warped_feats, feats)
             if s.shape[-2:] != cur.shape[-2:]:
                 s = F.interpolate(s, size=cur.shape[-2:], mode="bilinear", align_corners=False)
-            return cur + s * (warped - cur)  # = s * warped + (1 - s) * cur, with fewer full-size passes
+            return torch.lerp(cur, warped, s)  # = s * warped + (1 - s) * cur, in one full-size pass
+
+    def fuse(
+        self, past: Tensor, past_feats: Tensor, logits: Tensor, feats: Tensor, h: Tensor, size: Sequence[int],
+        timer: Timer = no_timer,
+    ) -> Tensor:  # fmt: skip
+        """One fusion step (:meth:`warp_past` then :meth:`blend`): ``past`` [B,K,h,w] previous fused logits,
+        ``logits`` [B,K,h4,w4] current stride-4 logits, ``feats``/``past_feats`` [B,E,h4,w4], ``h`` [B,3,3] in input
+        pixels; returns ``o_t`` (full size with ``upsample_before_mixing``, else stride 4)."""
+        warped, warped_feats = self.warp_past(past, past_feats, h, size, timer)
+        return self.blend(warped, warped_feats, logits, feats, size, timer)
 
     # ------------------------------------------------------------------------------------------ streaming
     def init_state(self) -> SSPState:
@@ -175,12 +194,16 @@ class SSP(VideoModel):
         timer, homography = side.timer, side.homography
         size = frame.shape[-2:]
         frame01 = denormalize(frame) if self.registration is not None else None
+        overlap = self._overlap_registration(frame.device)
+        frame_u8 = to_uint8_rgb(frame01) if overlap and frame01 is not None else None
         pending = None
         if state.fused is not None and homography is None:
             pairs = None if side.pair is None else [side.pair]
-            if self._overlap_registration(frame.device):
-                # OpenCV registration needs only the two frames: it runs on another core while the network runs
-                pending = self._pool().submit(self.register, state.frame01, frame01, pairs)
+            if overlap and state.frame_u8 is not None:
+                # Registration needs only the two frames: OpenCV runs it on another core while the network runs on
+                # this one. Only numpy and OpenCV work goes to that thread: torch work there was measured to
+                # serialise with the network's (docs/benchmarks.md), so the warps stay here.
+                pending = self._pool().submit(self._register_np, state.frame_u8, frame_u8, pairs)
             else:
                 with timer("registration"):
                     homography = self.register(state.frame01, frame01, pairs)
@@ -193,13 +216,21 @@ class SSP(VideoModel):
         else:
             if pending is not None:
                 with timer("registration"):  # with overlap: only the time the fusion waited for it
-                    homography = pending.result()
+                    homography = pending.result().to(frame.device)
             fused = self.fuse(state.fused, state.feats, logits, feats[0], homography, size, timer)
         with timer("upsample"):
             out = self._up(fused, size)
         return StepOutput(out, image_logits=logits), SSPState(
-            fused=fused, feats=feats[0], frame01=frame01, raw=logits
+            fused=fused, feats=feats[0], frame01=frame01, raw=logits, frame_u8=frame_u8
         )
+
+    def _register_np(self, prev: np.ndarray, cur: np.ndarray, pairs: list[FramePair] | None) -> Tensor:
+        """``H`` [B,3,3] float32 from uint8 frames [B,H,W,3] with the provider's numpy path (the data loader's)."""
+        hs = [
+            self.registration.estimate_np(prev[i], cur[i], None if pairs is None else pairs[i])
+            for i in range(len(prev))
+        ]
+        return torch.from_numpy(np.stack(hs)).float()
 
     def _overlap_registration(self, device: torch.device) -> bool:
         """Whether streaming runs the provider in a background thread: CPU (OpenCV) providers with

@@ -212,3 +212,18 @@ def test_peak_memory_is_this_process_own() -> None:
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[2]).stdout)  # fmt: skip
     assert 0 < child < peak_rss_mb() - 250 and len(ballast) > 0
+
+
+def test_fast_path_steps_and_the_plain_model(video_run: Path) -> None:
+    """--fast-path-steps times each cumulative step of the fast path; --no-fast-path times the model as trained."""
+    report = benchmark.main([str(video_run), *QUICK, "--no-image-baseline", "--fast-path-steps"])
+    steps = report["fast_path_steps"]
+    assert [r["step"] for r in steps] == list(benchmark.FAST_PATH_STEPS)
+    assert steps[0]["speedup"] == 1.0 and all(r["fps"] > 0 and r["frames_per_run"] == 5 for r in steps)
+    assert steps[0]["bn_folded"] == 0 and steps[1]["bn_folded"] > 0 and steps[3]["probe_diff"] < 1e-4
+    assert report["fast_path"]["channels_last"] and report["fast_path"]["fold"] == "applied"
+    text = benchmark.format_report(report)
+    assert "fast path + channels_last" in text and "BatchNorms folded" in text
+    plain = benchmark.main([str(video_run), *QUICK, "--no-image-baseline", "--no-fast-path"])
+    assert plain["fast_path"]["bn_folded"] == 0 and not plain["fast_path"]["switched"]
+    assert "inference fast path: off" in benchmark.format_report(plain)

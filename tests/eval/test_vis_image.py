@@ -55,6 +55,16 @@ def test_metrics_match_the_confusion_matrix_and_outputs_exist(
         len(list((out_dir / "overlay").rglob("*.png"))) == 10
         and len(list((out_dir / "video").glob("*.gif"))) == 2
     )
+    assert stored["fast_path"]["fold"] == "applied" and stored["fast_path"]["probe_diff"] < 1e-4
+
+
+def test_the_plain_model_scores_what_the_fast_path_scores(trained_run: Path) -> None:
+    """--no-fast-path evaluates the model as trained: the same confusion matrix as the fast path."""
+    fast = vis_image.main([str(trained_run), "--num-workers", "0", "--no-write-res"])
+    plain = vis_image.main([str(trained_run), "--num-workers", "0", "--no-write-res", "--no-fast-path"])
+    stored = json.loads((trained_run / "results" / "val" / "metrics.json").read_text())
+    assert stored["fast_path"]["bn_folded"] == 0 and not stored["fast_path"]["switched"]
+    assert plain["confusion_matrix"] and plain["confusion_matrix"] == fast["confusion_matrix"]
 
 
 def test_best_model_flag_and_run_by_name(trained_run: Path) -> None:

@@ -41,6 +41,7 @@ from data.catalog import get_dataset_info
 from data.synthetic.stream import GT_NAME, LABELS, VIDEOS, read_stream_meta, stream_identity
 from data.transforms import resize_frame, to_tensor
 from eval.evaluate import device_name, resolve_device
+from models.fast_path import prepare_inference
 from models.runs import architecture_of, load_image_model, locate_run
 from models.score_teachers import ScoreTeacher, SegmentorTeacher, hf_teacher_from_folder
 
@@ -174,7 +175,8 @@ def load_teacher(run: str | None = None, hf_folder: str | None = None, *, save_d
                     "epoch": meta.get("epoch"), "step": meta.get("step"),
                     "model": architecture_of(meta.get("config"), meta.get("kind"))}  # fmt: skip
         size = input_size or tuple(int(v) for v in cfg.data_cfg.crop_size)
-        scorer: ScoreTeacher = SegmentorTeacher(model.to(device), len(classes))
+        prepare_inference(model.to(device), device)  # the same scores, sooner (models.fast_path)
+        scorer: ScoreTeacher = SegmentorTeacher(model, len(classes))
         return StreamTeacher(scorer, classes, size, identity, str(meta["path"])), path.name
     folder = Path(hf_folder).resolve()
     scorer, classes = hf_teacher_from_folder(folder, device)
