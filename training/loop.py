@@ -11,13 +11,15 @@ weighted compound set) depends only on (seed, epoch), so a resumed run sees the 
 A :class:`SideStream` (semi-supervised training: unlabelled frames) adds a second stream of batches: its loss joins
 each micro-batch's loss (``joint``) or takes its own optimizer step after each step of the main stream
 (``alternating``); its order depends only on (seed, optimizer step).
+
+``training_cfg.channels_last`` and ``compile`` are applied by :mod:`training.throughput` (as in the step benchmark); each epoch
+reports the time its steps spent blocked in the data loader (``loader_wait_ms``, ``loader_wait_share``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from data.image_dataset import worker_init
 from eval.evaluate import amp_dtype, autocast, device_name
 from eval.vis.render import write_png
 from training import distributed as D
+from training import throughput
 from training.checkpoint import SAVE_FIX, rng_state, save_checkpoint, set_rng_state
 from training.optim import LRSchedule, build_optimizer
 
@@ -122,11 +125,8 @@ def _too_few_samples(cfg: Any, samples: int) -> str:
     tcfg, dcfg = cfg.training_cfg, cfg.data_cfg
     per_batch = tcfg.grad_accum_steps * D.world_size()  # samples one step takes per unit of batch size
     need = tcfg.batch_size * per_batch
-    fix = (
-        f"set training_cfg.batch_size <= {samples // per_batch}"
-        if samples >= per_batch
-        else "lower training_cfg.grad_accum_steps or the number of processes"
-    )
+    fix = (f"set training_cfg.batch_size <= {samples // per_batch}" if samples >= per_batch
+           else "lower training_cfg.grad_accum_steps or the number of processes")  # fmt: skip
     return (
         f"training_cfg.batch_size: one step needs {need} samples (batch {tcfg.batch_size} x accumulation "
         f"{tcfg.grad_accum_steps} x {D.world_size()} processes) but the train split has {samples}; "
@@ -169,9 +169,12 @@ def fit(
             "per process in training; use batch_size >= 2"
         )
     steps_per_epoch = min(full_steps, tcfg.max_steps_per_epoch or full_steps)
+    dtype = amp_dtype(tcfg.amp, device)
+    settings = throughput.settings(tcfg, device)  # precision, channels_last, compile (in metrics.json)
+    if settings["channels_last"]:  # in place, before the optimizer and the resumed state are loaded
+        throughput.to_channels_last(model)
     optimizer = build_optimizer(model, tcfg, cfg.optim_cfg)
     schedule = LRSchedule.from_config(cfg.optim_cfg, tcfg, steps_per_epoch)
-    dtype = amp_dtype(tcfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     start_epoch, step, best, history = 0, 0, -math.inf, []
@@ -180,16 +183,14 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         set_rng_state(resume["rng"])
-        start_epoch, step, best, history = (
-            resume["epoch"],
-            resume["step"],
-            resume["best_metric"],
-            resume["history"],
-        )
+        start_epoch, step, best, history = (resume[k] for k in ("epoch", "step", "best_metric", "history"))
     schedule.apply(optimizer, step)
 
     train_model = DistributedDataParallel(model) if D.is_distributed() else model
+    forward_model = throughput.compile_model(train_model, device) if tcfg.compile else train_model
     writer = _tensorboard(run, cfg) if D.is_main() else None
+    if D.is_main():
+        print("== training: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     show_bar = D.is_main() and sys.stderr.isatty()
     for epoch in range(start_epoch, tcfg.epochs):
         t0 = time.time()
@@ -203,47 +204,52 @@ def fit(
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers,
                             pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init,
                             collate_fn=collate_fn)  # fmt: skip
-        batches = iter(loader)
-        side_batches = _side_batches(side, tcfg, step, steps_per_epoch, device) if side is not None else None
+        waited, steps_s = [0.0], 0.0  # host seconds blocked in the loaders' next(), and in optimizer steps
+        batches = throughput.timed(iter(loader), waited)
+        side_batches = _side_batches(side, tcfg, step, steps_per_epoch, device, waited) if side else None
         model.train()
         loss_sum, parts_sum = 0.0, {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not show_bar,
                    dynamic_ncols=True, leave=False)  # fmt: skip
-        for _ in bar:
-            side_on = side is not None and step >= side.start_step
-            for micro in range(tcfg.grad_accum_steps):
-                sync = micro == tcfg.grad_accum_steps - 1 or not isinstance(
-                    train_model, DistributedDataParallel
-                )
-                with nullcontext() if sync else train_model.no_sync():
-                    with autocast(device, dtype):
-                        loss, parts = step_fn(train_model, next(batches))
-                        if side_on and side.mode == "joint":
-                            side_loss, side_parts = side.step_fn(train_model, next(side_batches))
-                            loss, parts = loss + side_loss, {**parts, **side_parts}
-                    _check_finite(loss, step)
-                    scaler.scale(loss / tcfg.grad_accum_steps).backward()
-                loss_sum += loss.item() / tcfg.grad_accum_steps
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / tcfg.grad_accum_steps
-            _optimizer_step(model, optimizer, scaler, tcfg.grad_clip)
-            if side_on and side.mode == "alternating":  # the side stream's own step, after the main one
-                with autocast(device, dtype):
-                    side_loss, side_parts = side.step_fn(train_model, next(side_batches))
-                _check_finite(side_loss, step)
-                scaler.scale(side_loss).backward()
+        # a torch.compile failure at any step (a new shape compiles): one line, never a silent fallback
+        with throughput.compile_errors(tcfg.compile, device):
+            for _ in bar:
+                step_start, wait_start = time.perf_counter(), waited[0]
+                side_on = side is not None and step >= side.start_step
+                for micro in range(tcfg.grad_accum_steps):
+                    last = micro == tcfg.grad_accum_steps - 1
+                    sync = last or not isinstance(train_model, DistributedDataParallel)
+                    with nullcontext() if sync else train_model.no_sync():
+                        with autocast(device, dtype):
+                            loss, parts = step_fn(forward_model, next(batches))
+                            if side_on and side.mode == "joint":
+                                side_loss, side_parts = side.step_fn(forward_model, next(side_batches))
+                                loss, parts = loss + side_loss, {**parts, **side_parts}
+                        _check_finite(loss, step)
+                        scaler.scale(loss / tcfg.grad_accum_steps).backward()
+                    loss_sum += loss.item() / tcfg.grad_accum_steps
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / tcfg.grad_accum_steps
                 _optimizer_step(model, optimizer, scaler, tcfg.grad_clip)
-                parts = {**parts, **side_parts}
-                for k, v in side_parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
-            step += 1
-            lr_factor = schedule.apply(optimizer, step)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if writer is not None and step % tcfg.log_interval == 0:
-                writer.add_scalar("train/loss", loss.item(), step)
-                for k, v in parts.items():
-                    writer.add_scalar(f"train/{k}", float(v), step)
-                writer.add_scalar("train/lr", tcfg.lr * lr_factor, step)
+                if side_on and side.mode == "alternating":  # the side stream's own step, after the main one
+                    with autocast(device, dtype):
+                        side_loss, side_parts = side.step_fn(forward_model, next(side_batches))
+                    _check_finite(side_loss, step)
+                    scaler.scale(side_loss).backward()
+                    _optimizer_step(model, optimizer, scaler, tcfg.grad_clip)
+                    parts = {**parts, **side_parts}
+                    for k, v in side_parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
+                step += 1
+                lr_factor = schedule.apply(optimizer, step)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                steps_s += time.perf_counter() - step_start
+                if writer is not None and step % tcfg.log_interval == 0:
+                    writer.add_scalar("train/loss", loss.item(), step)
+                    for k, v in parts.items():
+                        writer.add_scalar(f"train/{k}", float(v), step)
+                    writer.add_scalar("train/lr", tcfg.lr * lr_factor, step)
+                    writer.add_scalar("train/loader_wait_ms", 1000 * (waited[0] - wait_start), step)
         bar.close()
         train_time = time.time() - t0
 
@@ -256,14 +262,16 @@ def fit(
             # throughput of the training part of the epoch (data loading included), per process
             "step_time_s": round(train_time / steps_per_epoch, 4),
             "images_per_s": round(steps_per_epoch * per_step / train_time, 2),
-            "peak_memory_mb": _peak_memory_mb(device),
+            # host time per optimizer step blocked in the data loader(s), and its share of the steps' time
+            "loader_wait_ms": round(1000 * waited[0] / steps_per_epoch, 3),
+            "loader_wait_share": round(waited[0] / max(steps_s, 1e-9), 4),
+            "peak_memory_mb": throughput.peak_memory_mb(device),
         }
         last_epoch = epoch + 1 == tcfg.epochs
         D.sync_buffers(model)  # every rank validates (and rank 0 saves) the same model
         if (epoch + 1) % tcfg.val_interval == 0 or last_epoch:
-            cm, panels, *more = validate_fn(
-                model
-            )  # optionally a third item: extra scalars (KD: KL to the teacher)
+            # optionally a third item: extra scalars (KD: KL to the teacher)
+            cm, panels, *more = validate_fn(model)
             entry["val"] = {"protocol": "training_validation", **cm.summary(info.class_names)}
             if more:
                 entry["val"]["scalars"] = more[0]
@@ -291,7 +299,7 @@ def fit(
                 optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
             )  # fmt: skip
             _write_metrics(run, history, device_name(device), {"selection_metric": tcfg.selection_metric,
-                                                                **(run_info or {})})  # fmt: skip
+                                                                **settings, **(run_info or {})})  # fmt: skip
             _log_epoch(run, entry, info, improved, tcfg.selection_metric)
             if writer is not None:
                 _tensorboard_epoch(writer, entry, panels, info)
@@ -301,13 +309,17 @@ def fit(
     return history[-1] if history else {}
 
 
-def _side_batches(side: SideStream, tcfg: Any, step: int, steps: int, device: torch.device) -> Any:
-    """An iterator over the side stream's batches of optimizer steps ``[max(step, start_step), step + steps)``."""
+def _side_batches(
+    side: SideStream, tcfg: Any, step: int, steps: int, device: torch.device, waited: list[float]
+) -> Any:
+    """An iterator over the side stream's batches of optimizer steps ``[max(step, start_step), step + steps)``; the
+    time its ``next()`` blocks adds to ``waited[0]``."""
     first = max(step, side.start_step)
     per_step = side.per_step(tcfg.grad_accum_steps)
     order = stream_indices(len(side.dataset), tcfg.seed, first, max(0, step + steps - first), per_step)
-    return iter(DataLoader(side.dataset, batch_size=side.batch_size, sampler=order, num_workers=tcfg.num_workers,
-                           pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init))  # fmt: skip
+    loader = DataLoader(side.dataset, batch_size=side.batch_size, sampler=order, num_workers=tcfg.num_workers,
+                        pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=worker_init)  # fmt: skip
+    return throughput.timed(iter(loader), waited)
 
 
 def _check_finite(loss: torch.Tensor, step: int) -> None:
@@ -341,6 +353,7 @@ def _tensorboard(run: Path, cfg: Any) -> Any:
 def _tensorboard_epoch(writer: Any, entry: dict, panels: list[np.ndarray], info: DatasetInfo) -> None:
     e = entry["epoch"]
     writer.add_scalar("epoch/train_loss", entry["train_loss"], e)
+    writer.add_scalar("epoch/loader_wait_share", entry["loader_wait_share"], e)
     if "val" in entry:
         val = entry["val"]
         if val["miou"] is not None:
@@ -363,17 +376,11 @@ def _write_metrics(run: Path, history: list[dict], device: str, run_info: dict) 
     atomic_write_text(run / "metrics.json", json.dumps(info, indent=1), fix=SAVE_FIX)
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated this epoch, or the process's peak resident memory on the CPU."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kilobytes
-
-
 def _log_epoch(run: Path, entry: dict, info: DatasetInfo, improved: bool, selection: str = "miou") -> None:
     parts = [time.strftime("%Y-%m-%d %H:%M:%S"), f"epoch {entry['epoch']}", f"step {entry['step']}",
              f"train loss {entry['train_loss']:.4f}", f"lr {entry['lr']:.3g}",
-             f"{entry['images_per_s']:.1f} img/s"]  # fmt: skip
+             f"{entry['images_per_s']:.1f} img/s", f"loader wait {entry['loader_wait_ms']:.1f} ms/step "
+             f"({100 * entry['loader_wait_share']:.0f} %)"]  # fmt: skip
     if "val" in entry:
         miou = entry["val"]["miou"]
         parts.append(f"val mIoU {miou:.4f}" if miou is not None else "val mIoU n/a")
