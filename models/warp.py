@@ -48,6 +48,13 @@ def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Ten
     return torch.stack((xs, ys), dim=-1)
 
 
+@functools.lru_cache(maxsize=16)
+def _homogeneous_grid(h: int, w: int, device: torch.device) -> Tensor:
+    """``[H*W, 3]`` float32 ``(x, y, 1)`` pixel coordinates (cached like :func:`_pixel_grid`; never modify)."""
+    pix = _pixel_grid(h, w, device, torch.float32).reshape(-1, 2)
+    return torch.cat([pix, torch.ones_like(pix[:, :1])], dim=1)
+
+
 def homography_warp(
     x: Tensor,
     h: Tensor,
@@ -70,12 +77,15 @@ def homography_warp(
     # pixel positions to about 8 px at 1280 px. The inverse in float64, the per-pixel map and the sampling in
     # float32 (1e-4 px at 1280 px is far below what matters); only the result goes back to x's dtype.
     with torch.autocast(x.device.type, enabled=False):
-        inv = torch.linalg.inv(hs).to(torch.float32)  # [B,3,3]
-        pix = _pixel_grid(hh, ww, x.device, torch.float32).reshape(1, -1, 2)
-        src = pix @ inv[:, :2, :2].transpose(1, 2) + inv[:, None, :2, 2]  # [B,N,2] numerators
-        den = (pix @ inv[:, 2:, :2].transpose(1, 2) + inv[:, None, 2:, 2]).clamp_min(1e-12)
-        src = src / den  # points behind the camera land far outside
-        grid = _normalise(src.reshape(b, hh, ww, 2), hh, ww, "exact")
+        # grid_sample's coordinates are affine in the source pixel, (2 u + 1) / size - 1 (pixel-centre
+        # normalisation, as _normalise "exact"): folded into the inverse homography, one product and one division
+        # per pixel give them.
+        norm = torch.tensor([[2.0 / ww, 0.0, 1.0 / ww - 1.0], [0.0, 2.0 / hh, 1.0 / hh - 1.0], [0.0, 0.0, 1.0]],
+                            dtype=torch.float64, device=hs.device)  # fmt: skip
+        m = (norm @ torch.linalg.inv(hs)).to(torch.float32)  # [B,3,3]
+        src = _homogeneous_grid(hh, ww, x.device) @ m.transpose(1, 2)  # [B,N,3]
+        # points behind the camera (denominator <= 0) land far outside
+        grid = (src[..., :2] / src[..., 2:].clamp_min(1e-12)).reshape(b, hh, ww, 2)
         out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
     return out.to(x.dtype)
 
