@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -135,6 +136,11 @@ class FrameStream(Dataset):
     unlabelled), ``labelled`` bool, ``clip_index``, ``t`` (index in the clip), ``clip`` and ``frame`` names, and
     ``rgb`` [H,W,3] uint8 for overlays. With ``native_labels`` a labelled frame's ``label`` keeps the mask file's
     resolution (batch with :func:`collate_stream`, since sizes may differ between clips).
+
+    ``registration`` (a CPU provider, ``VideoModel.stream_registration``): every item also carries
+    ``homography`` [3,3] float32 ``H_{t-1 -> t}`` estimated on the frame and its predecessor at the working size,
+    and ``registered`` (False at a clip's first frame, whose homography is NaN): the estimate then runs in the
+    loader's worker processes, ahead of the network.
     """
 
     def __init__(
@@ -144,10 +150,12 @@ class FrameStream(Dataset):
         size_hw: tuple[int, int],
         skip_frames: int | FrameRule = 1,  # noqa: F821 (data.logits.FrameRule, imported in the body)
         native_labels: bool = False,
+        registration: Any | None = None,
     ) -> None:
         from data.logits import FrameRule
 
         self.clips, self.info, self.size_hw, self.native_labels = clips, info, tuple(size_hw), native_labels
+        self.registration = registration
         self.rule = skip_frames if isinstance(skip_frames, FrameRule) else None
 
         def kept(n: int) -> list[int]:
@@ -174,7 +182,7 @@ class FrameStream(Dataset):
         frame, label = load_frame(clip, ref.index, self.info, self.size_hw)
         if self.native_labels and ref.index in clip.masks:
             label = read_mask(clip.masks[ref.index], self.info)  # metrics at the label's own resolution
-        return {
+        item = {
             "image": to_tensor([frame])[0],
             "label": torch.from_numpy(label.astype(np.int64)),
             "labelled": ref.index in clip.masks,
@@ -184,6 +192,14 @@ class FrameStream(Dataset):
             "clip": clip.name,
             "frame": clip.frames[ref.index].stem,
         }
+        if self.registration is not None:
+            item["registered"] = ref.index > 0
+            h = np.full((3, 3), np.nan)
+            if ref.index > 0:  # consecutive frames go to different workers: read the predecessor again
+                prev = resize_frame(read_frame(clip.frames[ref.index - 1]), self.size_hw)
+                h = self.registration.estimate_np(prev, frame, clip.pair(ref.index - 1, ref.index))
+            item["homography"] = torch.from_numpy(np.asarray(h, dtype=np.float32))
+        return item
 
 
 def collate_stream(items: list[dict]) -> dict:

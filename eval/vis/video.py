@@ -160,7 +160,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     phases = cycle_phases(model, ev, args.key_phases) if keyed else []
     one_pass = len(phases) == 1  # the main pass collects the key-cycle scores too
     cycle = KeyCycleScores(info.num_classes, model.options()["interval"], device) if one_pass else None
-    stream = FrameStream(clips, info, size, native_labels=args.resolution == "label")
+    # a CPU registration runs in the loader's workers, ahead of the network (in the main process it would not)
+    registration = model.stream_registration() if args.num_workers > 0 else None
+    stream = FrameStream(
+        clips, info, size, native_labels=args.resolution == "label", registration=registration
+    )
     loader = DataLoader(stream, batch_size=1, num_workers=args.num_workers, worker_init_fn=worker_init)
     scorer = None
     if args.evaluation:
@@ -180,7 +184,10 @@ def main(argv: list[str] | None = None) -> dict | None:
             state = model.init_state()  # each clip starts fresh
         frame = item["image"].to(device)
         with torch.inference_mode(), autocast(device, ev.amp):
-            out, state = model.step(frame, state, StepSide(pair=clip.pair(t - 1, t) if t else None))
+            h = item["homography"].to(device) if bool(item.get("registered", False)) else None
+            out, state = model.step(
+                frame, state, StepSide(pair=clip.pair(t - 1, t) if t else None, homography=h)
+            )
         logits = out.logits
         pred = label_map(logits[0].float(), 0)
         label = item["label"][0] if bool(item["labelled"][0]) else None
@@ -216,7 +223,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         "split": args.split, "run": str(ev.run), "checkpoint": meta["path"], "epoch": meta.get("epoch"),
         "dataset": info.name, "image_run": meta.get("image_run"),
         **scorer.metrics(size, model.inference, sw, args.resolution),
-        "video_model": model.describe(), "precision": args.precision, "fast_path": ev.fast_path, "device": device_name(device), "software": sw,
+        "video_model": model.describe(), "precision": args.precision, "fast_path": ev.fast_path,
+        # where the registration ran: in the loader's workers, its counters stay there (describe() shows the rest)
+        "registration_in_loader_workers": args.num_workers if registration is not None else 0,
+        "device": device_name(device), "software": sw,
     }  # fmt: skip
     if model.options():
         metrics["runtime_options"] = model.options()

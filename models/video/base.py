@@ -228,6 +228,13 @@ class VideoModel(nn.Module):
         """What the data side serves for training (default: ``t-1, t`` pairs, nothing else)."""
         return DataNeeds()
 
+    def stream_registration(self) -> Any | None:
+        """A CPU registration provider (``estimate_np``) the frame loader of a streamed evaluation may run on each
+        frame and its predecessor, so that the homography arrives with the frame (``StepSide.homography``) and
+        is computed in the loader's worker processes, ahead of the network; None (default): the method needs none
+        or registers itself."""
+        return None
+
     def init_state(self) -> Any:
         """The state before the first frame of a clip."""
         raise NotImplementedError

@@ -113,6 +113,15 @@ class SSP(VideoModel):
         self.overlap_registration = overlap_registration
         object.__setattr__(self, "_executor", None)
 
+    def stream_registration(self) -> Any | None:
+        """The streaming provider when it is a CPU one the frame loader can run (OpenCV; not ``disk``, which
+        runs on the model's device, nor ``gt``, which reads the set's files), unless overlapping is switched
+        off."""
+        reg = self.registration
+        if not (self.overlap_registration and getattr(reg, "runs_in_loader", False)):
+            return None
+        return None if getattr(reg, "needs_pairs", False) else reg
+
     def needs(self) -> DataNeeds:
         """(t-1, t) pairs; true homographies from the dataset when the provider reads stored ones (``gt``),
         else the loader's provider when there is one."""

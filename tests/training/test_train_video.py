@@ -195,3 +195,18 @@ def test_missing_tc_flow_weights_name_the_flag(tiny_image_run: Path, tmp_path: P
         with pytest.raises(CheckpointError, match="set --tc-flow-weights"):
             cli.main([str(tiny_image_run), "--num-workers", "0", "--no-write-res", "--tc-flow", "raft_large",
                       "--tc-flow-weights", str(missing)])  # fmt: skip
+
+
+def test_registration_in_the_loader_workers_gives_the_inline_scores(
+    tiny_video_overrides: list[str], tiny_image_run: Path
+) -> None:
+    """With loader workers, SSP's ORB registration runs there (ahead of the network): the same homographies, the
+    same predictions as registering in the main process."""
+    run = train_video.main(["ssp_synthetic", *tiny_video_overrides, "training_cfg.num_epochs=1",
+                            "training_cfg.max_steps_per_epoch=1", "training_cfg.max_val_samples=2"])  # fmt: skip
+    flags = ["--no-write-res", "--vc", "none", "--tc-protocol", "none"]
+    inline = eval_video.main([str(run), "--num-workers", "0", *flags])
+    loader = eval_video.main([str(run), "--num-workers", "1", *flags])
+    assert inline["registration_in_loader_workers"] == 0 and loader["registration_in_loader_workers"] == 1
+    assert loader["video_model"]["helpers"]["registration"]["settings"]["provider"] == "orb"
+    assert loader["confusion_matrix"] and loader["confusion_matrix"] == inline["confusion_matrix"]
