@@ -3,7 +3,7 @@
 Importing this package registers every backbone (``BACKBONES``) and head (``HEADS``).
 """
 
-from models.image import backbones, heads, pretrained
+from models.image import backbones, heads, pretrained, tiny_cnn
 from models.image.backbones import Backbone, FeatureInfo, build_backbone
 from models.image.pretrained import load_backbone_weights
 from models.image.segmentor import Segmentor, build_segmentor, default_head_width
@@ -19,4 +19,5 @@ __all__ = [
     "heads",
     "load_backbone_weights",
     "pretrained",
+    "tiny_cnn",
 ]
