@@ -28,7 +28,7 @@ import yaml
 
 from config.cli import CliParser, at_least
 from config.errors import CheckpointError, ConfigError, run_cli
-from eval import benchmark
+from eval.benchmark_report import short_settings
 from eval.evaluate import resolve_device
 from eval.leaderboard import columns, write_leaderboard
 from models.runs import architecture_of, load_streaming_model, locate_run
@@ -241,9 +241,7 @@ def method_label(e: Entry) -> str:
     own = [f"interval {cycle['interval']}"] if cycle else []
     own += [f"{k} {v}" for k, v in described.items() if k not in skip and isinstance(v, (str, int, float, bool))]  # fmt: skip
     helpers = [
-        f"{k} {benchmark.short_settings(h['settings'])}"
-        for k, h in (described.get("helpers") or {}).items()
-        if h
+        f"{k} {short_settings(h['settings'])}" for k, h in (described.get("helpers") or {}).items() if h
     ]
     facts = ", ".join(own + helpers + taught)
     return f"{name} ({facts})" if facts else name
