@@ -202,12 +202,20 @@ class SSP(VideoModel):
         side = side or StepSide()
         timer, homography = side.timer, side.homography
         size = frame.shape[-2:]
-        frame01 = denormalize(frame) if self.registration is not None else None
+        # The frames the registration reads, kept for the next step too; not made when the homographies come with
+        # the frames (the frame loader registers them), since then the next one comes with its own as well.
         overlap = self._overlap_registration(frame.device)
-        frame_u8 = to_uint8_rgb(frame01) if overlap and frame01 is not None else None
+        register = self.registration is not None and homography is None
+        frame01 = denormalize(frame) if register else None
+        frame_u8 = to_uint8_rgb(frame01) if register and overlap else None
         pending = None
         if state.fused is not None and homography is None:
             pairs = None if side.pair is None else [side.pair]
+            if state.frame01 is None and self.registration is not None:
+                raise ValueError(
+                    "SSP.step: the previous frame came with its homography and this one without; pass homographies "
+                    "for every frame after a clip's first, or for none"
+                )
             if overlap and state.frame_u8 is not None:
                 # Registration needs only the two frames: OpenCV runs it on another core while the network runs on
                 # this one. Only numpy and OpenCV work goes to that thread: torch work there was measured to

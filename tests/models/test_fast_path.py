@@ -212,3 +212,17 @@ def test_off_changes_nothing() -> None:
     after = model.state_dict()
     assert report["bn_folded"] == 0 and not report["switched"] and not model.head.fast_fuse
     assert all(torch.equal(before[k], after[k]) for k in before) and "off" in describe(report)
+
+
+def test_frames_are_kept_for_registration_only_when_the_homography_is_not_given() -> None:
+    """With homographies from the frame loader the registration's frames are never made; a stream that then stops
+    giving them is a clear error (no previous frame to register)."""
+    model, _ = _ssp_pair(registration=_Translation())
+    frames = torch.rand(3, 1, 3, 64, 96)
+    with torch.inference_mode():
+        _, state = model.step(frames[0], model.init_state())
+        assert state.frame01 is not None  # the clip's first frame: the next one may need it
+        _, state = model.step(frames[1], state, StepSide(homography=_Translation._h()))
+        assert state.frame01 is None and state.frame_u8 is None
+        with pytest.raises(ValueError, match="homograph"):
+            model.step(frames[2], state)
